@@ -1,0 +1,110 @@
+"""Parsing of tus request header values. Pure functions: str in, value out, TusError on bad input."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Mapping
+
+from .errors import ErrorKind, TusError
+
+TUS_VERSION = "1.0.0"
+OFFSET_STREAM = "application/offset+octet-stream"
+MAX_INT = 2**63 - 1
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# Keys: no spaces or commas (the format's separators), printable ASCII so they are safe to echo.
+_METADATA_KEY = re.compile(r"[!-+\--~]+")
+
+# Headers whose meaning would be ambiguous if sent twice (request smuggling, conflicting offsets).
+SINGLE_VALUED = frozenset({
+    "tus-resumable", "upload-offset", "upload-length", "upload-defer-length", "upload-metadata",
+    "upload-concat", "upload-checksum", "x-http-method-override", "content-type", "host",
+    "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix",
+})
+
+
+def collect_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Lower-cased name -> value. A repeated tus header is an error; other repeats are joined."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        if name in headers:
+            if name in SINGLE_VALUED:
+                raise TusError(ErrorKind.DUPLICATE_HEADER, f"header {name} was sent more than once")
+            headers[name] = headers[name] + ", " + value
+        else:
+            headers[name] = value
+    return headers
+
+
+def parse_uint(value: str, kind: ErrorKind) -> int:
+    """A non-negative decimal integer that fits in 63 bits; anything else (sign, space, hex) is `kind`."""
+    if not _DIGITS.fullmatch(value):
+        raise TusError(kind)
+    number = int(value)
+    if number > MAX_INT:
+        raise TusError(kind)
+    return number
+
+
+def parse_offset(headers: Mapping[str, str]) -> int:
+    value = headers.get("upload-offset")
+    if value is None:
+        raise TusError(ErrorKind.MISSING_OFFSET)
+    return parse_uint(value.strip(), ErrorKind.INVALID_OFFSET)
+
+
+def parse_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("upload-length")
+    return None if value is None else parse_uint(value.strip(), ErrorKind.INVALID_LENGTH)
+
+
+def parse_defer_length(headers: Mapping[str, str]) -> bool:
+    value = headers.get("upload-defer-length")
+    if value is None:
+        return False
+    if value.strip() != "1":
+        raise TusError(ErrorKind.INVALID_DEFER_LENGTH)
+    return True
+
+
+def is_supported_version(headers: Mapping[str, str]) -> bool:
+    return headers.get("tus-resumable", "").strip() == TUS_VERSION
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """The media type of Content-Type without parameters, lower-cased ('' when absent)."""
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def parse_metadata(value: str | None) -> dict[str, bytes]:
+    """`key base64,key2 base64,flag` -> {key: decoded bytes}. Empty or blank means no metadata."""
+    if value is None or not value.strip():
+        return {}
+    metadata: dict[str, bytes] = {}
+    for pair in value.split(","):
+        key, decoded = _parse_metadata_pair(pair.strip())
+        if key in metadata:
+            raise TusError(ErrorKind.INVALID_METADATA, f"Upload-Metadata key {key!r} appears twice")
+        metadata[key] = decoded
+    return metadata
+
+
+def _parse_metadata_pair(pair: str) -> tuple[str, bytes]:
+    key, _, encoded = pair.partition(" ")
+    if not _METADATA_KEY.fullmatch(key):
+        raise TusError(ErrorKind.INVALID_METADATA,
+                       "Upload-Metadata keys must be non-empty printable ASCII without spaces or commas")
+    try:
+        return key, base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise TusError(ErrorKind.INVALID_METADATA,
+                       f"Upload-Metadata value of {key!r} is not valid base64") from None
+
+
+def format_metadata(metadata: Mapping[str, bytes]) -> str:
+    """The inverse of parse_metadata, for uploads whose original header was not kept."""
+    return ",".join(f"{key} {base64.b64encode(value).decode()}" if value else key
+                    for key, value in metadata.items())
