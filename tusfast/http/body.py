@@ -1,0 +1,231 @@
+"""Request bodies outside h11: framing decoders and the stream an application reads from.
+
+Bytes go from data_received through a decoder into RequestBody's buffer list and out to the
+application without being copied (chunked bodies are sliced with memoryviews). When the buffer
+passes the high-water mark, reading from the socket pauses until the application catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Callable, Protocol, Union
+
+from .flow import FlowControl
+
+Buffer = Union[bytes, memoryview]
+
+MAX_CHUNK_LINE = 4096
+MAX_TRAILER_SIZE = 16 * 1024
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(;.*)?")
+
+
+class BodyError(Exception):
+    """The body could not be read to its end. `status` is what to answer if a reply is still possible."""
+    status = 400
+
+
+class MalformedBody(BodyError):
+    pass
+
+
+class ClientDisconnected(BodyError):
+    pass
+
+
+class BodyTimeout(BodyError):
+    status = 408
+
+
+class BodyAborted(BodyError):
+    """The application (not the client) stopped reading, e.g. a newer request took over the upload."""
+
+
+class Decoder(Protocol):
+    done: bool
+    leftover: bytes
+    trailers: list[tuple[str, str]]
+
+    def feed(self, data: bytes) -> list[Buffer]: ...
+
+
+class ContentLengthDecoder:
+    def __init__(self, length: int) -> None:
+        self._remaining = length
+        self.done = length == 0
+        self.leftover = b""
+        self.trailers: list[tuple[str, str]] = []
+
+    def feed(self, data: bytes) -> list[Buffer]:
+        if len(data) < self._remaining:
+            self._remaining -= len(data)
+            return [data]
+        view = memoryview(data)
+        part, self.leftover = view[:self._remaining], bytes(view[self._remaining:])
+        self._remaining = 0
+        self.done = True
+        return [part] if len(part) else []
+
+
+class ChunkedDecoder:
+    """RFC 9112 chunked coding, strict about CRLF (lenient parsers invite request smuggling)."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        self._remaining = 0
+        self._state = self._size_line
+        self._trailer_bytes = 0
+        self.done = False
+        self.leftover = b""
+        self.trailers: list[tuple[str, str]] = []
+
+    def feed(self, data: bytes) -> list[Buffer]:
+        view, pos, parts = memoryview(data), 0, []
+        while pos < len(view) and not self.done:
+            if self._remaining:
+                take = min(self._remaining, len(view) - pos)
+                parts.append(view[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                continue
+            line, pos = self._take_line(view, pos)
+            if line is None:
+                break
+            self._state(line)
+        if self.done:
+            self.leftover = bytes(view[pos:])
+        return parts
+
+    def _take_line(self, view: memoryview, pos: int) -> tuple[bytes | None, int]:
+        end = bytes(view[pos:pos + MAX_CHUNK_LINE + 2]).find(b"\n")
+        if end < 0:
+            self._line += view[pos:]
+            if len(self._line) > MAX_CHUNK_LINE:
+                raise MalformedBody("chunk line too long")
+            return None, len(view)
+        self._line += view[pos:pos + end + 1]
+        line = bytes(self._line)
+        self._line.clear()
+        if not line.endswith(b"\r\n") or len(line) > MAX_CHUNK_LINE + 2:
+            raise MalformedBody("chunk line must end with CRLF")
+        return line[:-2], pos + end + 1
+
+    def _size_line(self, line: bytes) -> None:
+        match = _CHUNK_SIZE.fullmatch(line)
+        if match is None:
+            raise MalformedBody("invalid chunk size")
+        size = int(match.group(1), 16)
+        if size:
+            self._remaining = size
+            self._state = self._data_end
+        else:
+            self._state = self._trailer_line
+
+    def _data_end(self, line: bytes) -> None:
+        if line:
+            raise MalformedBody("chunk data longer than its size")
+        self._state = self._size_line
+
+    def _trailer_line(self, line: bytes) -> None:
+        if not line:
+            self.done = True
+            return
+        self._trailer_bytes += len(line)
+        name, sep, value = line.partition(b":")
+        if not sep or not name or self._trailer_bytes > MAX_TRAILER_SIZE or name != name.strip():
+            raise MalformedBody("invalid trailer")
+        self.trailers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+
+
+class RequestBody:
+    """The consumer end of a request body, fed by the connection.
+
+    `read()` returns every buffer received so far (never an empty list until the body is complete);
+    buffered bytes are always handed out before an error is raised, so nothing received is lost.
+    """
+
+    def __init__(self, size: int | None, decoder: Decoder, flow: FlowControl, high_water: int,
+                 send_continue: Callable[[], None] | None = None) -> None:
+        self.size = size                    # None: chunked, length unknown
+        self.received = 0
+        self._decoder = decoder
+        self._flow = flow
+        self._high_water = high_water
+        self._send_continue = send_continue
+        self._chunks: list[Buffer] = []
+        self._buffered = 0
+        self._error: BodyError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self._decoder.done
+
+    @property
+    def open(self) -> bool:
+        """Still wants bytes from the socket."""
+        return not self._decoder.done and self._error is None
+
+    @property
+    def trailers(self) -> list[tuple[str, str]]:
+        return self._decoder.trailers
+
+    @property
+    def continue_pending(self) -> bool:
+        return self._send_continue is not None
+
+    # -- producer side (the connection) --
+
+    def feed(self, data: bytes) -> bytes:
+        """Take bytes from the socket; returns what lies beyond the body's end (the next request)."""
+        try:
+            parts = self._decoder.feed(data)
+        except MalformedBody as exc:
+            self.fail(exc)
+            return b""
+        if self._error is not None:     # aborted: the rest is read only to be dropped
+            return self._decoder.leftover
+        for part in parts:
+            self._chunks.append(part)
+            self._buffered += len(part)
+        self.received += sum(len(part) for part in parts)
+        if self._buffered >= self._high_water:
+            self._flow.pause_reading()
+        self._wake()
+        return self._decoder.leftover
+
+    def fail(self, error: BodyError) -> None:
+        if self._error is None and not self._decoder.done:
+            self._error = error
+            self._wake()
+
+    # -- consumer side (the application) --
+
+    async def read(self) -> list[Buffer]:
+        while True:
+            if self._chunks:
+                chunks, self._chunks, self._buffered = self._chunks, [], 0
+                self._flow.resume_reading()
+                return chunks
+            if self._error is not None:
+                raise self._error
+            if self._decoder.done:
+                return []
+            self._request_body()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    def abort(self, error: BodyError | None = None) -> None:
+        """Stop reading: a pending or later read() raises once the buffered bytes are handed out."""
+        self._flow.pause_reading()
+        self.fail(error or BodyAborted("body reading was aborted"))
+
+    def _request_body(self) -> None:
+        if self._send_continue is not None:
+            send, self._send_continue = self._send_continue, None
+            send()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,241 @@
+"""One asyncio Protocol per TCP connection: it pumps bytes into h11 (heads) or a RequestBody (bodies),
+runs the application once per request, and writes responses in order. It knows no tus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import h11
+
+from .body import BodyTimeout, ClientDisconnected
+from .exchange import BadFraming, Exchange, reason_phrase
+from .flow import FlowControl
+from .messages import HttpResponse
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+log = logging.getLogger("tusfast.http")
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, state: "ServerState") -> None:
+        self._state = state
+        self._limits = state.limits
+        self._loop = state.loop
+        self._transport: asyncio.Transport | None = None
+        self._flow: FlowControl | None = None
+        self._parser = self._new_parser()
+        self._exchange: Exchange | None = None
+        self._pending = bytearray()         # pipelined bytes that arrived while a request was served
+        self._last_activity = self._loop.time()
+        self._head_started: float | None = None
+        self._linger_until: float | None = None
+        self._closing = False
+        self._eof = False
+        self._scheme = "http"
+        self._client = ""
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
+        self._flow = FlowControl(transport)
+        self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if isinstance(peer, tuple) else ""
+        if not self._state.register(self):
+            self._reject(503, "too many connections")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.unregister(self)
+        self._closing = True
+        if self._exchange is not None:
+            self._exchange.body.fail(ClientDisconnected("client disconnected"))
+        if self._flow is not None:
+            self._flow.resume_writing()     # wake anyone waiting to write; writes now go nowhere
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._exchange is not None and self._exchange.body.open:
+            self._exchange.body.fail(ClientDisconnected("client closed its side mid-body"))
+        # Keep the socket for the response to a request in progress; otherwise close.
+        return self._exchange is not None
+
+    def pause_writing(self) -> None:
+        assert self._flow is not None
+        self._flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self._flow is not None
+        self._flow.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self._loop.time()
+        exchange = self._exchange
+        if exchange is not None:
+            if exchange.body.open:
+                self._pending += exchange.body.feed(data)
+            elif exchange.responded:
+                self._discard(exchange, data)
+            else:
+                self._hold(data)
+        elif self._linger_until is None:
+            self._receive_head(data)
+
+    # ---- heads ------------------------------------------------------------------------------
+
+    def _new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_head_size)
+
+    def _hold(self, data: bytes) -> None:
+        """A pipelined request arrived before the current response went out: keep it for later."""
+        assert self._flow is not None
+        self._pending += data
+        if len(self._pending) > self._limits.max_head_size:
+            self._flow.pause_reading()
+
+    def _receive_head(self, data: bytes) -> None:
+        if self._head_started is None:
+            self._head_started = self._loop.time()
+        try:
+            self._parser.receive_data(data)
+            event = self._parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._reject(exc.error_status_hint, str(exc))
+            return
+        if isinstance(event, h11.Request):
+            self._start(event)
+        elif event is not h11.NEED_DATA:
+            self._reject(400, "unexpected data")
+
+    def _start(self, event: h11.Request) -> None:
+        assert self._flow is not None
+        self._head_started = None
+        if len(event.headers) > self._limits.max_headers:
+            self._reject(431, "too many header fields")
+            return
+        try:
+            exchange = Exchange.begin(self._parser, event, self._flow, self._limits.high_water,
+                                      self._scheme, self._client, self._send_continue)
+        except BadFraming as exc:
+            self._reject(400, str(exc))
+            return
+        self._exchange = exchange
+        leftover, _ = self._parser.trailing_data
+        if leftover:
+            self._pending += exchange.body.feed(leftover) if exchange.body.open else leftover
+        self._state.spawn(self._serve(exchange))
+
+    def _send_continue(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(CONTINUE)
+
+    # ---- running a request ------------------------------------------------------------------
+
+    async def _serve(self, exchange: Exchange) -> None:
+        try:
+            response = await self._state.app(exchange.request)
+        except Exception:
+            log.exception("unhandled error serving %s %s", exchange.request.method, exchange.request.target)
+            response = HttpResponse(500, [("Content-Type", "text/plain")], b"internal server error\n")
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._respond(exchange, response)
+
+    def _respond(self, exchange: Exchange, response: HttpResponse) -> None:
+        assert self._transport is not None
+        unread = exchange.unread_body()
+        drain = unread is not None and unread <= self._limits.drain_limit and not exchange.body.continue_pending
+        close = self._closing or not (unread == 0 or drain)
+        try:
+            data = exchange.encode_response(response, self._state.default_headers, close)
+        except h11.LocalProtocolError:
+            log.exception("invalid response %s for %s", response.status, exchange.request.target)
+            self._transport.abort()
+            return
+        self._transport.write(data)
+        if exchange.body.complete:
+            self._next(exchange)
+        elif drain:
+            exchange.body.abort()
+            self._pending.clear()
+            assert self._flow is not None
+            self._flow.resume_reading()     # read the rest of the body and drop it
+        else:
+            self._linger()
+
+    def _discard(self, exchange: Exchange, data: bytes) -> None:
+        """After an early reply: drop body bytes until the body ends, then serve what follows."""
+        leftover = exchange.body.feed(data) if not exchange.body.complete else data
+        if exchange.body.complete:
+            self._pending += leftover
+            self._next(exchange)
+
+    def _next(self, exchange: Exchange) -> None:
+        """The response is out: keep the connection for the next request, or close it."""
+        assert self._transport is not None and self._flow is not None
+        self._exchange = None
+        if not exchange.keep_alive or self._closing or self._eof:
+            self._transport.close()
+            return
+        self._parser = self._new_parser()
+        self._last_activity = self._loop.time()
+        pending, self._pending = bytes(self._pending), bytearray()
+        self._flow.resume_reading()
+        if pending:
+            self._receive_head(pending)
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Answer a request we could not even parse, then close."""
+        assert self._transport is not None
+        log.debug("rejecting connection from %s: %s %s", self._client, status, reason)
+        body = reason.encode("latin-1", "replace") + b"\n"
+        head = [f"HTTP/1.1 {status} {reason_phrase(status).decode()}", "Content-Type: text/plain",
+                f"Content-Length: {len(body)}", "Connection: close",
+                *(f"{name}: {value}" for name, value in self._state.default_headers)]
+        self._transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close without losing the response: a close with unread input makes the kernel send RST,
+        which can destroy the response in flight. Shut our side, read and drop input for a while."""
+        assert self._transport is not None and self._flow is not None
+        self._exchange = None
+        self._linger_until = self._loop.time() + self._limits.linger
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._flow.resume_reading()
+
+    # ---- timeouts and shutdown (driven by the server's ticker) ------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        assert self._transport is not None and self._flow is not None
+        limits = self._limits
+        exchange = self._exchange
+        if self._linger_until is not None:
+            if now > self._linger_until:
+                self._transport.close()
+        elif exchange is None:
+            if self._head_started is not None and now - self._head_started > limits.head_timeout:
+                self._reject(408, "request head took too long")
+            elif now - self._last_activity > limits.idle_timeout:
+                self._transport.close()
+        elif exchange.body.open and not self._flow.read_paused and not exchange.body.continue_pending:
+            if now - self._last_activity > limits.body_timeout:
+                exchange.body.fail(BodyTimeout("no body data within the read timeout"))
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their response."""
+        self._closing = True
+        if self._exchange is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+

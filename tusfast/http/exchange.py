@@ -1,0 +1,88 @@
+"""One request/response cycle on a connection: its h11 state, its body, its framing decisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Callable
+
+import h11
+
+from .body import ChunkedDecoder, ContentLengthDecoder, Decoder, RequestBody
+from .flow import FlowControl
+from .messages import Headers, HttpRequest, HttpResponse
+
+
+class BadFraming(Exception):
+    pass
+
+
+def body_decoder(event: h11.Request) -> tuple[int | None, Decoder]:
+    """Framing from the head. Content-Length together with Transfer-Encoding is refused outright:
+    two framings are how request smuggling starts."""
+    names = [name for name, _ in event.headers]
+    chunked = b"transfer-encoding" in names
+    if chunked and b"content-length" in names:
+        raise BadFraming("Content-Length and Transfer-Encoding must not both be sent")
+    if chunked:
+        return None, ChunkedDecoder()
+    length = next((int(value) for name, value in event.headers if name == b"content-length"), 0)
+    return length, ContentLengthDecoder(length)
+
+
+# Statuses http.HTTPStatus lacks but tus uses.
+EXTRA_PHRASES = {460: "Checksum Mismatch"}
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return EXTRA_PHRASES.get(status, "").encode()
+
+
+@dataclass
+class Exchange:
+    parser: h11.Connection          # used from here on only to serialize the response
+    request: HttpRequest
+    responded: bool = False
+
+    @classmethod
+    def begin(cls, parser: h11.Connection, event: h11.Request, flow: FlowControl, high_water: int,
+              scheme: str, client: str, send_continue: Callable[[], None]) -> "Exchange":
+        size, decoder = body_decoder(event)
+        expects = parser.they_are_waiting_for_100_continue and not decoder.done
+        body = RequestBody(size, decoder, flow, high_water, send_continue if expects else None)
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]
+        request = HttpRequest(event.method.decode("ascii"), event.target.decode("latin-1"), headers, body,
+                              scheme, client, event.http_version.decode("ascii"))
+        return cls(parser, request)
+
+    @property
+    def body(self) -> RequestBody:
+        return self.request.body
+
+    def encode_response(self, response: HttpResponse, extra_headers: Headers, close: bool) -> bytes:
+        headers = [*response.headers, *extra_headers]
+        if response.body and not any(name.lower() == "content-length" for name, _ in headers):
+            headers.append(("Content-Length", str(len(response.body))))
+        if close:
+            headers.append(("Connection", "close"))
+        out = self.parser.send(h11.Response(status_code=response.status, headers=headers,
+                                            reason=reason_phrase(response.status)))
+        if response.body:
+            out += self.parser.send(h11.Data(data=response.body))
+        out += self.parser.send(h11.EndOfMessage())
+        self.responded = True
+        return out
+
+    @property
+    def keep_alive(self) -> bool:
+        return self.parser.our_state is h11.DONE
+
+    def unread_body(self) -> int | None:
+        """Bytes of body the client still means to send; None when unknown (chunked)."""
+        body = self.body
+        if body.complete:
+            return 0
+        return None if body.size is None else body.size - body.received

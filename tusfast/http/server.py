@@ -1,0 +1,124 @@
+"""Listening sockets, the set of live connections, limits, timeouts and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from typing import Coroutine, Any
+
+from .connection import HttpConnection
+from .limits import HttpLimits
+from .messages import App, Headers
+
+log = logging.getLogger("tusfast.http")
+
+TICK = 1.0   # seconds between timeout sweeps
+
+
+class ServerState:
+    """What every connection of one server shares."""
+
+    def __init__(self, app: App, limits: HttpLimits, default_headers: Headers) -> None:
+        self.app = app
+        self.limits = limits
+        self.default_headers = default_headers
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def register(self, connection: HttpConnection) -> bool:
+        if len(self.connections) >= self.limits.max_connections:
+            return False
+        self.connections.add(connection)
+        return True
+
+    def unregister(self, connection: HttpConnection) -> None:
+        self.connections.discard(connection)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class HttpServer:
+    def __init__(self, app: App, limits: HttpLimits | None = None, default_headers: Headers | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._app = app
+        self._limits = limits or HttpLimits()
+        self._default_headers = default_headers or []
+        self._ssl = ssl_context
+        self._state: ServerState | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server else []
+
+    async def listen(self, sock: socket.socket) -> None:
+        """Serve on a bound, listening socket (see bind_tcp / bind_unix)."""
+        self._state = ServerState(self._app, self._limits, self._default_headers)
+        state = self._state
+        loop = asyncio.get_running_loop()
+        if sock.family == socket.AF_UNIX:
+            self._server = await loop.create_unix_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+        else:
+            self._server = await loop.create_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+        self._tick()
+
+    def _tick(self) -> None:
+        assert self._state is not None
+        now = self._state.loop.time()
+        for connection in list(self._state.connections):
+            connection.check_timeouts(now)
+        self._ticker = self._state.loop.call_later(TICK, self._tick)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (up to `timeout`), then close the rest."""
+        if self._server is None or self._state is None:
+            return
+        timeout = self._limits.shutdown_timeout if timeout is None else timeout
+        self._server.close()
+        state = self._state
+        for connection in list(state.connections):
+            connection.shutdown()
+        if state.tasks:
+            done, pending = await asyncio.wait(list(state.tasks), timeout=timeout)
+            if pending:
+                log.warning("%d requests still running after %.0fs; closing them", len(pending), timeout)
+        for connection in list(state.connections):
+            connection.abort()
+        if state.tasks:     # aborted bodies end at once; give handlers a moment to store what they got
+            await asyncio.wait(list(state.tasks), timeout=5.0)
+        for task in list(state.tasks):
+            task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self._server.wait_closed()
+        self._server = None
+
+
+def bind_tcp(host: str, port: int, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_unix(path: str, backlog: int = 1024) -> socket.socket:
+    if os.path.exists(path) and not os.path.isfile(path):
+        os.unlink(path)     # a stale socket from a previous run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
