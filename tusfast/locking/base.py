@@ -1,0 +1,21 @@
+"""One writer per upload. A request that wants an upload held by another asks the holder to let go
+(the holder stops reading its body, keeps what it stored, and releases) instead of queueing behind
+a connection that may have stalled for good."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+
+class LockTimeout(Exception):
+    """The holder did not let go in time."""
+
+
+class Lock(Protocol):
+    async def release(self) -> None: ...
+
+
+class Locker(Protocol):
+    async def acquire(self, upload_id: str, on_release_requested: Callable[[], None]) -> Lock:
+        """Wait for the lock on upload_id, asking any current holder to release it.
+        `on_release_requested` is called, at most once, if a later request asks us to let go."""
