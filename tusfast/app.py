@@ -1,0 +1,126 @@
+"""The embeddable server: configure, start, stop. The CLI is a thin layer over this.
+
+    async with TusServer(Config(port=0, upload_dir="/srv/uploads")) as server:
+        print(server.url)           # http://127.0.0.1:PORT/files/
+        await server.wait_closed()  # or run the rest of your program
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from types import TracebackType
+
+from ._version import __version__
+from .config import Config
+from .core.headers import TUS_VERSION
+from .core.protocol import ProtocolSettings
+from .handler import TusHandler
+from .hooks import Hooks
+from .http.limits import HttpLimits
+from .http.server import HttpServer, bind_tcp, bind_unix
+from .locking import FileLocker, Locker, MemoryLocker
+from .storage import FileStorage, Storage, supports
+
+log = logging.getLogger("tusfast")
+
+
+class TusServer:
+    def __init__(self, config: Config | None = None, *, storage: Storage | None = None,
+                 locker: Locker | None = None, hooks: Hooks | None = None,
+                 sock: socket.socket | None = None) -> None:
+        self.config = config or Config()
+        self.storage = storage or FileStorage(self.config.upload_dir, self.config.dir_layout)
+        self.locker = locker or self._default_locker()
+        self.hooks = hooks
+        self._sock = sock
+        self._http: HttpServer | None = None
+        self._closed = asyncio.Event()
+
+    def _default_locker(self) -> Locker:
+        # Lock files work across processes (--workers, or two servers on one directory).
+        if isinstance(self.storage, FileStorage):
+            return FileLocker(self.storage.directory / ".locks", self.config.lock_timeout)
+        return MemoryLocker(self.config.lock_timeout)
+
+    def protocol_settings(self) -> ProtocolSettings:
+        config = self.config
+        extensions = tuple(name for name in config.extensions if supports(self.storage, name))
+        return ProtocolSettings(config.base_path, config.max_size, extensions, config.public_url,
+                                config.behind_proxy)
+
+    def http_limits(self) -> HttpLimits:
+        config = self.config
+        return HttpLimits(max_head_size=config.max_head_size, idle_timeout=config.idle_timeout,
+                          head_timeout=config.head_timeout, body_timeout=config.read_timeout,
+                          max_connections=config.max_connections, shutdown_timeout=config.shutdown_timeout)
+
+    async def start(self) -> None:
+        if isinstance(self.storage, FileStorage):
+            self.storage.prepare()
+        handler = TusHandler(self.protocol_settings(), self.storage, self.locker, self.hooks,
+                             self.config.cors_origins)
+        self._http = HttpServer(handler, self.http_limits(), [("Tus-Resumable", TUS_VERSION)], self._tls())
+        await self._http.listen(self._sock or self._bind())
+        log.info("tusfast %s listening on %s (storage: %s)", __version__, self.url, _describe(self.storage))
+
+    def _bind(self) -> socket.socket:
+        if self.config.unix_socket:
+            return bind_unix(self.config.unix_socket)
+        return bind_tcp(self.config.host, self.config.port, reuse_port=self.config.workers > 1)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    @property
+    def url(self) -> str:
+        """The collection (creation) URL clients should use."""
+        if self.config.public_url:
+            return self.config.public_url
+        assert self._http is not None and self._http.sockets, "server is not started"
+        sock = self._http.sockets[0]
+        scheme = "https" if self.config.tls_cert else "http"
+        if sock.family == socket.AF_UNIX:
+            return f"{scheme}+unix://{sock.getsockname()}{self.config.base_path}"
+        host, port = sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}{self.config.base_path}"
+
+    @property
+    def port(self) -> int:
+        assert self._http is not None and self._http.sockets
+        return int(self._http.sockets[0].getsockname()[1])
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting; let requests in flight finish up to `timeout` seconds; close the rest."""
+        if self._http is not None:
+            await self._http.stop(timeout)
+            self._http = None
+            if isinstance(self.locker, FileLocker):
+                self.locker.close()
+            log.info("tusfast stopped")
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> "TusServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.stop()
+
+
+def _describe(storage: Storage) -> str:
+    if isinstance(storage, FileStorage):
+        layout = f", layout {storage.layout.template}" if storage.layout else ""
+        return f"files in {storage.directory}{layout}"
+    return type(storage).__name__

@@ -1,0 +1,165 @@
+"""`tusfast serve` and friends: argparse -> Config -> run. Every flag also reads TUSFAST_<NAME>."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ._version import __version__
+from .app import TusServer
+from .config import Config, parse_duration, parse_size
+from .core.protocol import ALL_EXTENSIONS
+
+ENV_PREFIX = "TUSFAST_"
+_TRUE = {"1", "true", "yes", "on"}
+_DEFAULTS = Config()
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """`*` (any), `none` (CORS off), or a comma-separated list of origins."""
+    if text.strip().lower() in ("", "none", "off"):
+        return ()
+    return tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    field: str
+    help: str
+    parse: Callable[[str], Any] | None = str     # None: an on/off switch
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").replace("-", "_").upper()
+
+
+OPTIONS = [
+    Option("--host", "host", "address to listen on (default 127.0.0.1)"),
+    Option("--port", "port", "TCP port; 0 picks a free one (default 1080)", int),
+    Option("--base-path", "base_path", "URL path of the upload collection (default /files/)"),
+    Option("--upload-dir", "upload_dir", "directory for upload data and .info files (default ./data)", Path),
+    Option("--max-size", "max_size", "largest upload accepted, e.g. 50G (default: no limit)", parse_size),
+    Option("--public-url", "public_url", "absolute collection URL clients see, e.g. https://x.org/files/"),
+    Option("--behind-proxy", "behind_proxy", "trust X-Forwarded-Host/Proto/Prefix and Forwarded", None),
+    Option("--dir-layout", "dir_layout", "spread files over directories, e.g. '{year}/{month}/{day}' (UTC)"),
+    Option("--cors-origin", "cors_origins", "allowed CORS origins: '*' (default), a comma list, or 'none'",
+           parse_origins),
+    Option("--workers", "workers", "processes sharing the port with SO_REUSEPORT (default 1)", int),
+    Option("--unix-socket", "unix_socket", "listen on this Unix socket instead of TCP"),
+    Option("--tls-cert", "tls_cert", "PEM certificate chain; serve HTTPS"),
+    Option("--tls-key", "tls_key", "PEM private key for --tls-cert"),
+    Option("--log-level", "log_level", "debug, info, warning or error (default info)", str.lower),
+    Option("--idle-timeout", "idle_timeout", "close idle keep-alive connections after (default 75s)", parse_duration),
+    Option("--read-timeout", "read_timeout", "give up on a stalled request body after (default 60s)", parse_duration),
+    Option("--head-timeout", "head_timeout", "a request head must arrive within (default 30s)", parse_duration),
+    Option("--lock-timeout", "lock_timeout", "wait this long for another request to release an upload "
+           "(default 20s)", parse_duration),
+    Option("--shutdown-timeout", "shutdown_timeout", "on SIGTERM, let requests finish for (default 30s)",
+           parse_duration),
+    Option("--max-connections", "max_connections", "connections per process (default 10000)", int),
+    Option("--max-head-size", "max_head_size", "largest request head, e.g. 64K (default)", parse_size),
+]
+DISABLE_OPTIONS = [Option(f"--disable-{name}", name, f"turn off the {name} extension", None)
+                   for name in ALL_EXTENSIONS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tusfast", description="A fast, dependable tus 1.0 upload server.")
+    parser.add_argument("--version", action="version", version=f"tusfast {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the server",
+                                epilog="Every flag can also be set as an environment variable, "
+                                       "e.g. --max-size as TUSFAST_MAX_SIZE.")
+    for option in OPTIONS + DISABLE_OPTIONS:
+        _add(serve, option)
+    return parser
+
+
+def _add(parser: argparse.ArgumentParser, option: Option) -> None:
+    env = os.environ.get(option.env)
+    dest = option.flag.lstrip("-").replace("-", "_")
+    if option.parse is None:
+        parser.add_argument(option.flag, dest=dest, action="store_true",
+                            default=env is not None and env.strip().lower() in _TRUE, help=option.help)
+        return
+    default = _parse_env(option, env) if env is not None else argparse.SUPPRESS
+    parser.add_argument(option.flag, dest=dest, type=_typed(option), default=default, help=option.help)
+
+
+def _typed(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)  # type: ignore[misc]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = option.flag.lstrip("-")
+    return parse
+
+
+def _parse_env(option: Option, text: str) -> Any:
+    try:
+        return option.parse(text)  # type: ignore[misc]
+    except ValueError as exc:
+        raise SystemExit(f"tusfast: {option.env}: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = {option.field: getattr(args, option.flag.lstrip("-").replace("-", "_"))
+              for option in OPTIONS if hasattr(args, option.flag.lstrip("-").replace("-", "_"))}
+    values["disabled_extensions"] = tuple(option.field for option in DISABLE_OPTIONS
+                                          if getattr(args, option.flag.lstrip("-").replace("-", "_")))
+    return Config(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    try:
+        config = config_from_args(args)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    configure_logging(config.log_level)
+    if config.workers > 1:
+        from .workers import run_workers
+        return run_workers(config)
+    return run(config)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(config: Config, sock: Any = None) -> int:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    try:
+        import uvloop
+        uvloop.run(_serve(config, sock))
+    except ImportError:
+        asyncio.run(_serve(config, sock))
+    except OSError as exc:      # port in use, directory not writable: say so, no traceback
+        logging.getLogger("tusfast").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+async def _serve(config: Config, sock: Any) -> None:
+    server = TusServer(config, sock=sock)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()

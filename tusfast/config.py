@@ -1,0 +1,91 @@
+"""Everything an operator can set, in one validated dataclass shared by the CLI and the library."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .core.protocol import ALL_EXTENSIONS
+
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str) -> int:
+    """`1073741824`, `100M`, `2GiB`, `1g` -> bytes (binary units)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"invalid size {text!r} (examples: 1048576, 100M, 2GiB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_duration(text: str) -> float:
+    """`30`, `30s`, `500ms`, `5m`, `24h` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"invalid duration {text!r} (examples: 30s, 500ms, 5m, 24h)")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 1080
+    base_path: str = "/files/"
+    upload_dir: Path = Path("./data")
+    max_size: int | None = None
+    public_url: str | None = None
+    behind_proxy: bool = False
+    dir_layout: str | None = None
+    cors_origins: tuple[str, ...] = ("*",)
+    workers: int = 1
+    unix_socket: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "info"
+    disabled_extensions: tuple[str, ...] = ()
+    idle_timeout: float = 75.0
+    read_timeout: float = 60.0
+    head_timeout: float = 30.0
+    lock_timeout: float = 20.0
+    shutdown_timeout: float = 30.0
+    max_connections: int = 10_000
+    max_head_size: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_path", "/" + self.base_path.strip("/") + "/" if self.base_path.strip("/") else "/")
+        object.__setattr__(self, "upload_dir", Path(self.upload_dir))
+        if self.public_url is not None:
+            object.__setattr__(self, "public_url", self.public_url.rstrip("/") + "/")
+        self._check()
+
+    def _check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.max_size is not None and self.max_size < 0:
+            raise ValueError("max size must not be negative")
+        if self.public_url is not None and not re.match(r"https?://[^/]+/", self.public_url):
+            raise ValueError("public URL must be absolute, e.g. https://example.org/files/")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        unknown = set(self.disabled_extensions) - set(ALL_EXTENSIONS)
+        if unknown:
+            raise ValueError(f"unknown extensions: {', '.join(sorted(unknown))}")
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        disabled = set(self.disabled_extensions)
+        if "creation" in disabled:
+            disabled.add("creation-with-upload")
+        return tuple(name for name in ALL_EXTENSIONS if name not in disabled)
+
+
+CONFIG_FIELDS = {item.name for item in fields(Config)}
