@@ -1,0 +1,130 @@
+/* Must precede every system header: sync_file_range is a GNU extension and
+ * off_t has to be 64 bits on 32-bit platforms too. */
+#define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64
+
+#include "tusfast_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+/* Retrying a write that made no progress would spin forever; no regular
+ * file, pipe or socket does that for a non-empty buffer, so report it. */
+#define TF_NO_PROGRESS EIO
+
+static ssize_t write_at(int fd, const char *buf, size_t len, int64_t offset)
+{
+    if (offset < 0)
+        return write(fd, buf, len);
+    return pwrite(fd, buf, len, (off_t)offset);
+}
+
+ssize_t tf_pwrite_all(int fd, const char *buf, size_t len, int64_t offset)
+{
+    size_t done = 0;
+
+    if (offset < -1 || len > SSIZE_MAX)
+        return -EINVAL;
+    while (done < len) {
+        ssize_t n = write_at(fd, buf + done, len - done,
+                             offset < 0 ? -1 : offset + (int64_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -TF_NO_PROGRESS;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+static ssize_t writev_at(int fd, const struct iovec *iov, int iovcnt, int64_t offset)
+{
+    if (offset < 0)
+        return writev(fd, iov, iovcnt);
+    return pwritev(fd, iov, iovcnt, (off_t)offset);
+}
+
+ssize_t tf_pwritev_all(int fd, struct iovec *iov, int iovcnt, int64_t offset)
+{
+    size_t done = 0;
+
+    if (offset < -1 || iovcnt < 0)
+        return -EINVAL;
+    while (iovcnt > 0) {
+        /* Leading empty buffers are skipped so a 0 return always means "stuck". */
+        if (iov->iov_len == 0) {
+            iov++;
+            iovcnt--;
+            continue;
+        }
+        ssize_t n = writev_at(fd, iov, iovcnt < IOV_MAX ? iovcnt : IOV_MAX,
+                              offset < 0 ? -1 : offset + (int64_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -TF_NO_PROGRESS;
+        done += (size_t)n;
+        size_t left = (size_t)n;
+        while (left > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        /* A short write can stop in the middle of a buffer. */
+        if (left > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return (ssize_t)done;
+}
+
+int tf_fdatasync(int fd)
+{
+    while (fdatasync(fd) != 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+int tf_write_back(int fd, int64_t offset, int64_t length)
+{
+    int rc = 0;
+
+    /* length 0 would mean "to the end of the file" to both syscalls. */
+    if (offset < 0 || length < 0)
+        return -EINVAL;
+    if (length == 0)
+        return 0;
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* Only queues the I/O: WAIT_* flags would block the caller on the disk. */
+    if (sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0)
+        rc = -errno;
+#else
+    rc = -ENOSYS;
+#endif
+#ifdef POSIX_FADV_DONTNEED
+    /* The previous range had its write-back started one call ago, so it is
+     * normally clean by now; DONTNEED silently keeps pages that are not. */
+    if (offset > 0) {
+        int64_t start = offset > length ? offset - length : 0;
+        int err = posix_fadvise(fd, start, offset - start, POSIX_FADV_DONTNEED);
+        if (err != 0 && rc == 0)
+            rc = -err;
+    }
+#endif
+    return rc;
+}

@@ -1,0 +1,246 @@
+"""Complete positional writes and page-cache control for upload files.
+
+This is the only module that imports the cffi extension ``tusfast._native``.
+Two implementations with identical semantics live here: ``NativeIO`` (C; the
+GIL is released for every call, so a whole write loop runs without it) and
+``PurePythonIO`` (os.pwrite and friends).  The module-level functions are
+bound to the native one unless ``TUSFAST_PUREPYTHON=1`` is set or the
+extension cannot be imported.
+
+An ``offset`` of -1 means "the current file position" (write/writev), which
+is what pipes and sockets need; any other negative offset is EINVAL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+__all__ = [
+    "HAVE_NATIVE",
+    "IMPLEMENTATION",
+    "IMPLEMENTATIONS",
+    "NativeIO",
+    "PurePythonIO",
+    "fdatasync",
+    "pwrite_all",
+    "pwritev_all",
+    "write_back",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+# write_back is an optimisation: file systems and file types that cannot do it
+# (tmpfs, pipes, old kernels) must not turn it into a failed upload.
+_WRITE_BACK_IGNORED: Final = frozenset({errno.EINVAL, errno.ESPIPE, errno.ENOSYS})
+_SYNC_FILE_RANGE_WRITE: Final = 2  # from <linux/fs.h>; not exposed by the os module
+_IOV_MAX: Final = 1024  # Linux's value; os.sysconf may refine it below
+_IOV_CACHE_SIZE: Final = 64  # longer buffer lists get a fresh iovec array per call
+
+
+def _oserror(code: int) -> OSError:
+    # OSError(errno, msg) returns the matching subclass (BrokenPipeError, ...),
+    # exactly what the os module raises for the same failure.
+    return OSError(code, os.strerror(code))
+
+
+def _check_offset(offset: int) -> None:
+    if offset < -1:
+        raise _oserror(errno.EINVAL)
+
+
+def _iov_max() -> int:
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        return _IOV_MAX
+    return value if value > 0 else _IOV_MAX
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    # ctypes rather than skipping it, so the fallback keeps the same
+    # page-cache behaviour; the call releases the GIL like cffi does.
+    try:
+        import ctypes
+
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (ImportError, OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, length: int, flags: int) -> int:
+        return 0 if func(fd, offset, length, flags) == 0 else -ctypes.get_errno()
+
+    return sync_file_range
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class PurePythonIO:
+    """The reference implementation, on top of the os module."""
+
+    name: Final = "python"
+    iov_max: Final = _iov_max()
+
+    @staticmethod
+    def pwrite_all(fd: int, data: Buffer, offset: int) -> int:
+        """Write all of data at offset, looping over short writes and EINTR. Returns len(data). Raises OSError."""
+        _check_offset(offset)
+        with memoryview(data) as raw, raw.cast("B") as view:
+            done, total = 0, len(view)
+            while done < total:
+                # os.write/os.pwrite retry EINTR themselves (PEP 475).
+                if offset == -1:
+                    n = os.write(fd, view[done:])
+                else:
+                    n = os.pwrite(fd, view[done:], offset + done)
+                if n == 0:
+                    raise _oserror(errno.EIO)  # would otherwise spin forever
+                done += n
+            return total
+
+    @staticmethod
+    def pwritev_all(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+        """Write all buffers back to back starting at offset (short writes, EINTR and IOV_MAX handled). Returns total bytes. Raises OSError."""
+        _check_offset(offset)
+        views = [memoryview(b).cast("B") for b in buffers]
+        done, i, iov_max = 0, 0, PurePythonIO.iov_max
+        while i < len(views):
+            if not views[i]:
+                i += 1  # leading empties skipped so that 0 always means "stuck"
+                continue
+            batch = views[i : i + iov_max]
+            n = os.writev(fd, batch) if offset == -1 else os.pwritev(fd, batch, offset + done)
+            if n == 0:
+                raise _oserror(errno.EIO)
+            done += n
+            while n and n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            if n:
+                views[i] = views[i][n:]  # the write stopped mid-buffer
+        return done
+
+    @staticmethod
+    def fdatasync(fd: int) -> None:
+        """Flush the file's data (and the metadata needed to read it back) to stable storage."""
+        os.fdatasync(fd)
+
+    @staticmethod
+    def write_back(fd: int, offset: int, length: int) -> None:
+        """Start write-back of [offset, offset+length) and drop the preceding length bytes from the page cache (best effort)."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be >= 0")
+        if length == 0:
+            return  # 0 would mean "to end of file" to both syscalls
+        rc = -errno.ENOSYS
+        if _sync_file_range is not None:
+            rc = _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+        if offset > 0 and hasattr(os, "posix_fadvise"):
+            start = max(0, offset - length)
+            try:
+                os.posix_fadvise(fd, start, offset - start, os.POSIX_FADV_DONTNEED)
+            except OSError as exc:
+                rc = rc or -(exc.errno or errno.EIO)
+        if rc < 0 and -rc not in _WRITE_BACK_IGNORED:
+            raise _oserror(-rc)
+
+
+def _native_check(rc: int) -> int:
+    if rc < 0:
+        raise _oserror(-rc)
+    return rc
+
+
+_ffi: Any = None
+_lib: Any = None
+_NATIVE_IMPORT_ERROR: ImportError | None = None
+_PURE_REQUESTED: Final = os.environ.get("TUSFAST_PUREPYTHON", "") not in ("", "0")
+if not _PURE_REQUESTED:
+    try:
+        from tusfast._native import ffi as _ffi, lib as _lib
+    except ImportError as exc:  # not built (source checkout) or unbuildable platform
+        _NATIVE_IMPORT_ERROR = exc
+
+# One iovec array per thread: calls run without the GIL, so threads may be
+# inside tf_pwritev_all concurrently, and the C side rewrites the array.
+_tls = threading.local()
+
+
+def _fill_iov(entries: list[tuple[Any, int]]) -> Any:
+    count = len(entries)
+    if count > _IOV_CACHE_SIZE:
+        return _ffi.new("struct iovec[]", entries)
+    iov = getattr(_tls, "iov", None)
+    if iov is None:
+        iov = _ffi.new("struct iovec[]", _IOV_CACHE_SIZE)
+    _tls.iov = None  # taken: a signal handler re-entering pwritev_all must not share it
+    iov[0:count] = entries
+    return iov
+
+
+def _return_iov(iov: Any) -> None:
+    if len(iov) == _IOV_CACHE_SIZE:
+        _tls.iov = iov
+
+
+class NativeIO:
+    """The C implementation (csrc/tusfast_io.c); usable only if HAVE_NATIVE or IMPLEMENTATIONS has "native"."""
+
+    name: Final = "native"
+
+    @staticmethod
+    def pwrite_all(fd: int, data: Buffer, offset: int) -> int:
+        """Write all of data at offset, looping over short writes and EINTR. Returns len(data). Raises OSError."""
+        # Released right away so a bytearray can be resized again after the call.
+        with _ffi.from_buffer(data) as buf:
+            return _native_check(_lib.tf_pwrite_all(fd, buf, len(buf), offset))
+
+    @staticmethod
+    def pwritev_all(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+        """Write all buffers back to back starting at offset (short writes, EINTR and IOV_MAX handled). Returns total bytes. Raises OSError."""
+        held = [_ffi.from_buffer(data) for data in buffers]
+        iov = _fill_iov([(buf, len(buf)) for buf in held])
+        try:
+            return _native_check(_lib.tf_pwritev_all(fd, iov, len(held), offset))
+        finally:
+            # Drop the buffer exports now (a bytearray cannot be resized while
+            # exported), even if a traceback keeps this frame alive.
+            held.clear()
+            _return_iov(iov)
+
+    @staticmethod
+    def fdatasync(fd: int) -> None:
+        """Flush the file's data (and the metadata needed to read it back) to stable storage."""
+        _native_check(_lib.tf_fdatasync(fd))
+
+    @staticmethod
+    def write_back(fd: int, offset: int, length: int) -> None:
+        """Start write-back of [offset, offset+length) and drop the preceding length bytes from the page cache (best effort)."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be >= 0")
+        rc = _lib.tf_write_back(fd, offset, length)
+        if rc < 0 and -rc not in _WRITE_BACK_IGNORED:
+            raise _oserror(-rc)
+
+
+_Implementation = type[NativeIO] | type[PurePythonIO]
+
+#: Every implementation usable in this process, by name (tests run them all).
+IMPLEMENTATIONS: dict[str, _Implementation] = {"python": PurePythonIO}
+if _lib is not None:
+    IMPLEMENTATIONS["native"] = NativeIO
+
+_active: _Implementation = NativeIO if _lib is not None else PurePythonIO
+HAVE_NATIVE: Final[bool] = _active is NativeIO
+IMPLEMENTATION: Final[str] = _active.name
+
+pwrite_all = _active.pwrite_all
+pwritev_all = _active.pwritev_all
+fdatasync = _active.fdatasync
+write_back = _active.write_back
