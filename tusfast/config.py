@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .core.protocol import ALL_EXTENSIONS
+from .storage.layout import DirLayout
 
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
@@ -57,7 +58,8 @@ class Config:
     max_head_size: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_path", "/" + self.base_path.strip("/") + "/" if self.base_path.strip("/") else "/")
+        inner = self.base_path.strip("/")
+        object.__setattr__(self, "base_path", f"/{inner}/" if inner else "/")
         object.__setattr__(self, "upload_dir", Path(self.upload_dir))
         if self.public_url is not None:
             object.__setattr__(self, "public_url", self.public_url.rstrip("/") + "/")
@@ -74,6 +76,8 @@ class Config:
             raise ValueError("max size must not be negative")
         if self.public_url is not None and not re.match(r"https?://[^/]+/", self.public_url):
             raise ValueError("public URL must be absolute, e.g. https://example.org/files/")
+        if self.dir_layout:
+            DirLayout(self.dir_layout)      # raises ValueError with a usage hint
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         unknown = set(self.disabled_extensions) - set(ALL_EXTENSIONS)

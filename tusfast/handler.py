@@ -15,11 +15,10 @@ from typing import AsyncIterator, Awaitable, Callable
 from .core import protocol as tus
 from .core.cors import cors_headers
 from .core.errors import ErrorKind, TusError
-from .core.headers import collect_headers
 from .core.model import UploadInfo
 from .core.protocol import Append, AppendPlan, Create, GetOffset, Options, Reply, RequestHead, Terminate
 from .hooks import HookContext, HookEvent, HookRejected, HookRequest, Hooks, NoHooks
-from .http.body import BodyAborted, BodyError, BodyTimeout, ClientDisconnected, MalformedBody, RequestBody
+from .http.body import Buffer, BodyAborted, BodyError, BodyTimeout, ClientDisconnected, MalformedBody, RequestBody
 from .http.messages import HttpRequest, HttpResponse
 from .locking import Locker, LockTimeout
 from .storage import (LengthDeferrable, Storage, StorageFull, StorageUnavailable, Terminatable, UploadCorrupt,
@@ -175,7 +174,7 @@ class TusHandler:
                 raise TusError(plan.limit_error, headers=progress.header())
             await self._write(writer, progress, chunks)
 
-    async def _write(self, writer: UploadWriter, progress: "_Progress", chunks: list) -> None:
+    async def _write(self, writer: UploadWriter, progress: "_Progress", chunks: list[Buffer]) -> None:
         try:
             await writer.write(progress.offset, chunks)
         except StorageFull:
@@ -201,8 +200,8 @@ class _Progress:
         return [("Upload-Offset", str(self.offset))]
 
 
-def _truncate(chunks: list, size: int) -> list:
-    kept = []
+def _truncate(chunks: list[Buffer], size: int) -> list[Buffer]:
+    kept: list[Buffer] = []
     for chunk in chunks:
         if size <= 0:
             break

@@ -61,7 +61,7 @@ def _reserve_address(config: Config) -> tuple[socket.socket | None, Config]:
 
 def _spawn(context: multiprocessing.context.BaseContext, config: Config,
            shared: socket.socket | None) -> BaseProcess:
-    process = context.Process(target=_worker_main, args=(config, shared), daemon=False)  # type: ignore[attr-defined]
+    process: BaseProcess = context.Process(target=_worker_main, args=(config, shared))  # type: ignore[attr-defined]
     process.start()
     return process
 

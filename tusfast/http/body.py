@@ -82,7 +82,8 @@ class ChunkedDecoder:
         self.trailers: list[tuple[str, str]] = []
 
     def feed(self, data: bytes) -> list[Buffer]:
-        view, pos, parts = memoryview(data), 0, []
+        view, pos = memoryview(data), 0
+        parts: list[Buffer] = []
         while pos < len(view) and not self.done:
             if self._remaining:
                 take = min(self._remaining, len(view) - pos)

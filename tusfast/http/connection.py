@@ -43,8 +43,9 @@ class HttpConnection(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
-        self._flow = FlowControl(transport)
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check here.
+        self._transport = transport  # type: ignore[assignment]
+        self._flow = FlowControl(transport)  # type: ignore[arg-type]
         self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) else ""

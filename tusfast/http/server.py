@@ -52,7 +52,7 @@ class HttpServer:
         self._default_headers = default_headers or []
         self._ssl = ssl_context
         self._state: ServerState | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
     @property
@@ -65,9 +65,10 @@ class HttpServer:
         state = self._state
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
-            self._server = await loop.create_unix_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+            server = await loop.create_unix_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
         else:
-            self._server = await loop.create_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+            server = await loop.create_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+        self._server = server
         self._tick()
 
     def _tick(self) -> None:
