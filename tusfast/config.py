@@ -9,7 +9,7 @@ from pathlib import Path
 from .core.protocol import ALL_EXTENSIONS
 from .storage.layout import DirLayout
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -21,7 +21,7 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"invalid size {text!r} (examples: 1048576, 100M, 2GiB)")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
 
 
 def parse_duration(text: str) -> float:
@@ -74,7 +74,7 @@ class Config:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.max_size is not None and self.max_size < 0:
             raise ValueError("max size must not be negative")
-        if self.public_url is not None and not re.match(r"https?://[^/]+/", self.public_url):
+        if self.public_url is not None and not re.fullmatch(r"https?://[^/\s]+/[^\s]*", self.public_url):
             raise ValueError("public URL must be absolute, e.g. https://example.org/files/")
         if self.dir_layout:
             DirLayout(self.dir_layout)      # raises ValueError with a usage hint

@@ -13,7 +13,7 @@ TUS_VERSION = "1.0.0"
 OFFSET_STREAM = "application/offset+octet-stream"
 MAX_INT = 2**63 - 1
 
-_DIGITS = re.compile(r"[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]+")
 # Keys: no spaces or commas (the format's separators), printable ASCII so they are safe to echo.
 _METADATA_KEY = re.compile(r"[!-+\--~]+")
 
@@ -43,7 +43,10 @@ def parse_uint(value: str, kind: ErrorKind) -> int:
     """A non-negative decimal integer that fits in 63 bits; anything else (sign, space, hex) is `kind`."""
     if not _DIGITS.fullmatch(value):
         raise TusError(kind)
-    number = int(value)
+    significant = value.lstrip("0")
+    if len(significant) > 19:      # checked before int(): a header may hold thousands of digits
+        raise TusError(kind)
+    number = int(significant or "0")
     if number > MAX_INT:
         raise TusError(kind)
     return number

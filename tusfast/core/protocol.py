@@ -140,8 +140,10 @@ def _create(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> In
     if head.has_body:
         _require(settings, "creation-with-upload")
         _require_offset_stream(head)
-        if length is not None and head.body_size is not None and head.body_size > length:
-            raise TusError(ErrorKind.SIZE_EXCEEDED)
+        if head.body_size is not None:
+            if length is not None and head.body_size > length:
+                raise TusError(ErrorKind.SIZE_EXCEEDED)
+            check_max_size(head.body_size, settings)
     return Create(length, metadata, raw_metadata if metadata else None, head.body_size)
 
 
@@ -307,7 +309,8 @@ def head_reply(info: UploadInfo) -> Reply:
     metadata = info.echo_metadata()
     if metadata is not None:
         headers.append(("Upload-Metadata", metadata))
-    headers.append(("Content-Length", "0"))
+    if info.length is not None:     # what a GET of the upload would return (checklist item 23)
+        headers.append(("Content-Length", str(info.length)))
     return Reply(200, headers)
 
 

@@ -28,7 +28,9 @@ class BodyError(Exception):
 
 
 class MalformedBody(BodyError):
-    pass
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.decoded: list[Buffer] = []     # bytes decoded before the defect: still the client's data
 
 
 class ClientDisconnected(BodyError):
@@ -84,17 +86,21 @@ class ChunkedDecoder:
     def feed(self, data: bytes) -> list[Buffer]:
         view, pos = memoryview(data), 0
         parts: list[Buffer] = []
-        while pos < len(view) and not self.done:
-            if self._remaining:
-                take = min(self._remaining, len(view) - pos)
-                parts.append(view[pos:pos + take])
-                pos += take
-                self._remaining -= take
-                continue
-            line, pos = self._take_line(view, pos)
-            if line is None:
-                break
-            self._state(line)
+        try:
+            while pos < len(view) and not self.done:
+                if self._remaining:
+                    take = min(self._remaining, len(view) - pos)
+                    parts.append(view[pos:pos + take])
+                    pos += take
+                    self._remaining -= take
+                    continue
+                line, pos = self._take_line(view, pos)
+                if line is None:
+                    break
+                self._state(line)
+        except MalformedBody as exc:
+            exc.decoded = parts
+            raise
         if self.done:
             self.leftover = bytes(view[pos:])
         return parts
@@ -103,7 +109,7 @@ class ChunkedDecoder:
         end = bytes(view[pos:pos + MAX_CHUNK_LINE + 2]).find(b"\n")
         if end < 0:
             self._line += view[pos:]
-            if len(self._line) > MAX_CHUNK_LINE:
+            if len(self._line) > MAX_CHUNK_LINE + 1:     # + 1: the CR may come before its LF
                 raise MalformedBody("chunk line too long")
             return None, len(view)
         self._line += view[pos:pos + end + 1]
@@ -182,17 +188,20 @@ class RequestBody:
 
     def feed(self, data: bytes) -> bytes:
         """Take bytes from the socket; returns what lies beyond the body's end (the next request)."""
+        if self._error is not None:     # aborted: the rest is read only to be dropped
+            self._decoder.feed(data)    # MalformedBody goes to the connection, which closes
+            return self._decoder.leftover
         try:
             parts = self._decoder.feed(data)
+            error = None
         except MalformedBody as exc:
-            self.fail(exc)
-            return b""
-        if self._error is not None:     # aborted: the rest is read only to be dropped
-            return self._decoder.leftover
+            parts, error = exc.decoded, exc
         for part in parts:
             self._chunks.append(part)
             self._buffered += len(part)
         self.received += sum(len(part) for part in parts)
+        if error is not None:
+            self.fail(error)
         if self._buffered >= self._high_water:
             self._flow.pause_reading()
         if self._buffered >= BATCH_SIZE or self._decoder.done:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from .body import BodyTimeout, ClientDisconnected
+from .body import BodyTimeout, ClientDisconnected, MalformedBody
 from .exchange import BadFraming, Exchange, reason_phrase
 from .flow import FlowControl
 from .messages import HttpResponse
@@ -172,7 +172,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _discard(self, exchange: Exchange, data: bytes) -> None:
         """After an early reply: drop body bytes until the body ends, then serve what follows."""
-        leftover = exchange.body.feed(data) if not exchange.body.complete else data
+        try:
+            leftover = exchange.body.feed(data) if not exchange.body.complete else data
+        except MalformedBody:
+            assert self._transport is not None
+            self._transport.close()
+            return
         if exchange.body.complete:
             self._pending += leftover
             self._next(exchange)
@@ -226,9 +231,12 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(408, "request head took too long")
             elif now - self._last_activity > limits.idle_timeout:
                 self._transport.close()
+        elif now - self._last_activity <= limits.body_timeout:
+            return
+        elif exchange.responded:        # discarding the rest of a body, which stopped coming
+            self._transport.close()
         elif exchange.body.open and not self._flow.read_paused and not exchange.body.continue_pending:
-            if now - self._last_activity > limits.body_timeout:
-                exchange.body.fail(BodyTimeout("no body data within the read timeout"))
+            exchange.body.fail(BodyTimeout("no body data within the read timeout"))
 
     def shutdown(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their response."""

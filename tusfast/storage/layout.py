@@ -14,9 +14,10 @@ class DirLayout:
         self._check()
 
     def _check(self) -> None:
-        names = [field for _, field, spec, conv in string.Formatter().parse(self.template) if field is not None]
-        unknown = set(names) - set(FIELDS)
-        if unknown or any(part in ("", ".", "..") for part in self.template.split("/")):
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(self.template)
+                  if name is not None]
+        unknown = {name for name, _, _ in fields} - set(FIELDS)
+        if unknown or any(spec or conv for _, spec, conv in fields) or any(part in ("", ".", "..") for part in self.template.split("/")):
             raise ValueError(f"invalid dir layout {self.template!r}: use /-separated parts built from "
                              "{year} {month} {day} {hour} {minute}, e.g. '{year}/{month}/{day}'")
 

@@ -1,0 +1,893 @@
+"""tusfast.core.protocol (+ errors, cors, model): the sans-IO tus rules, checked against the checklist Part A."""
+
+from __future__ import annotations
+
+import pytest
+
+from tusfast.core import protocol as tus
+from tusfast.core.cors import ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS, cors_headers
+from tusfast.core.errors import ErrorKind, TusError
+from tusfast.core.model import UploadInfo, is_valid_upload_id
+from tusfast.core.protocol import (ALL_EXTENSIONS, ROUTE_EXTENSION, ROUTES, Append, AppendPlan, Create,
+                                   GetOffset, Options, ProtocolSettings, RequestHead, Target, Terminate)
+
+UID = "0123456789abcdef0123456789abcdef"
+UPLOAD = "/files/" + UID
+V = ("Tus-Resumable", "1.0.0")
+OCTETS = ("Content-Type", "application/offset+octet-stream")
+
+DEFAULT = ProtocolSettings()
+LIMITED = ProtocolSettings(max_size=1000)
+
+
+def head(method: str, target: str, *pairs: tuple[str, str], body_size: int | None = 0,
+         scheme: str = "http") -> RequestHead:
+    return RequestHead.parse(method, target, list(pairs), scheme=scheme, body_size=body_size)
+
+
+def interpret(method: str, target: str, *pairs: tuple[str, str], body_size: int | None = 0,
+              settings: ProtocolSettings = DEFAULT) -> tus.Intent:
+    return tus.interpret(head(method, target, *pairs, body_size=body_size), settings)
+
+
+def fails(kind: ErrorKind, method: str, target: str, *pairs: tuple[str, str], body_size: int | None = 0,
+          settings: ProtocolSettings = DEFAULT) -> TusError:
+    with pytest.raises(TusError) as info:
+        interpret(method, target, *pairs, body_size=body_size, settings=settings)
+    assert info.value.kind is kind, info.value.message
+    assert info.value.status == kind.status
+    return info.value
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    values = [value for key, value in headers if key.lower() == name.lower()]
+    assert len(values) <= 1, f"{name} appears {len(values)} times"
+    return values[0] if values else None
+
+
+# ---- the error table -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kind", "status"), [
+    (ErrorKind.UNSUPPORTED_VERSION, 412),
+    (ErrorKind.UNSUPPORTED_MEDIA_TYPE, 415),
+    (ErrorKind.INVALID_OFFSET, 400),
+    (ErrorKind.MISSING_OFFSET, 400),
+    (ErrorKind.MISMATCHED_OFFSET, 409),
+    (ErrorKind.INVALID_LENGTH, 400),
+    (ErrorKind.MISSING_LENGTH, 400),
+    (ErrorKind.AMBIGUOUS_LENGTH, 400),
+    (ErrorKind.INVALID_DEFER_LENGTH, 400),
+    (ErrorKind.LENGTH_ALREADY_SET, 400),
+    (ErrorKind.MAX_SIZE_EXCEEDED, 413),
+    (ErrorKind.SIZE_EXCEEDED, 413),
+    (ErrorKind.INVALID_METADATA, 400),
+    (ErrorKind.DUPLICATE_HEADER, 400),
+    (ErrorKind.INVALID_HOST, 400),
+    (ErrorKind.NOT_FOUND, 404),
+    (ErrorKind.METHOD_NOT_ALLOWED, 405),
+])
+def test_error_kinds_map_to_checklist_statuses(kind: ErrorKind, status: int) -> None:
+    assert kind.status == status
+    assert TusError(kind).status == status
+    assert kind.reason and "\n" not in kind.reason
+
+
+def test_tus_error_carries_detail_and_headers() -> None:
+    error = TusError(ErrorKind.MISMATCHED_OFFSET, "custom", headers=[("Upload-Offset", "7")])
+    assert error.message == "custom" and str(error) == "custom"
+    assert error.headers == [("Upload-Offset", "7")]
+    assert TusError(ErrorKind.NOT_FOUND).message == ErrorKind.NOT_FOUND.reason
+    assert TusError(ErrorKind.NOT_FOUND).headers == []
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    {"base_path": "files/"},
+    {"base_path": "/files"},
+    {"base_path": ""},
+    {"extensions": ("creation-with-upload",)},
+    {"extensions": ("creation-with-upload", "termination")},
+    {"extensions": ("creation", "concatenation")},
+    {"extensions": ("creation", "checksum")},
+])
+def test_protocol_settings_rejects(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        ProtocolSettings(**kwargs)
+
+
+def test_all_extensions_are_the_implemented_ones() -> None:
+    assert ALL_EXTENSIONS == ("creation", "creation-with-upload", "creation-defer-length", "termination")
+    assert DEFAULT.extensions == ALL_EXTENSIONS
+
+
+# ---- routing tables --------------------------------------------------------------------------
+
+def test_routes_table() -> None:
+    assert set(ROUTES) == {
+        (Target.COLLECTION, "OPTIONS"), (Target.UPLOAD, "OPTIONS"), (Target.COLLECTION, "POST"),
+        (Target.UPLOAD, "HEAD"), (Target.UPLOAD, "PATCH"), (Target.UPLOAD, "DELETE")}
+    assert ROUTE_EXTENSION == {(Target.COLLECTION, "POST"): "creation", (Target.UPLOAD, "DELETE"): "termination"}
+
+
+# ---- request head parsing --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("target", "path"), [
+    ("/files/", "/files/"),
+    ("/files/?a=b", "/files/"),
+    (UPLOAD + "?x=1&y=/z", UPLOAD),
+    ("http://example.com" + UPLOAD, UPLOAD),
+    ("https://example.com:8443" + UPLOAD + "?q", UPLOAD),
+    ("http://example.com", "/"),
+])
+def test_request_head_path(target: str, path: str) -> None:
+    assert head("HEAD", target).path == path
+
+
+@pytest.mark.parametrize(("method", "override", "expected"), [
+    ("POST", "PATCH", "PATCH"),
+    ("POST", "DELETE", "DELETE"),
+    ("POST", "patch", "PATCH"),
+    ("POST", " HEAD ", "HEAD"),
+    ("POST", None, "POST"),
+    ("POST", "", "POST"),
+])
+def test_method_override(method: str, override: str | None, expected: str) -> None:
+    pairs = [] if override is None else [("X-HTTP-Method-Override", override)]
+    assert head(method, UPLOAD, *pairs).method == expected
+
+
+def test_method_override_routes_post_as_patch_and_delete() -> None:
+    # Item 13: the override is the request's method, the real method is ignored.
+    intent = interpret("POST", UPLOAD, V, OCTETS, ("Upload-Offset", "3"),
+                       ("X-HTTP-Method-Override", "PATCH"), body_size=4)
+    assert intent == Append(UID, 3, None, 4)
+    intent = interpret("POST", UPLOAD, V, ("X-HTTP-Method-Override", "DELETE"))
+    assert intent == Terminate(UID)
+
+
+def test_method_override_still_needs_tus_resumable() -> None:
+    error = fails(ErrorKind.UNSUPPORTED_VERSION, "POST", UPLOAD, ("X-HTTP-Method-Override", "DELETE"))
+    assert ("Tus-Version", "1.0.0") in error.headers
+
+
+def test_method_override_to_disabled_termination_is_405() -> None:
+    settings = ProtocolSettings(extensions=("creation",))
+    error = fails(ErrorKind.METHOD_NOT_ALLOWED, "POST", UPLOAD, V, ("X-HTTP-Method-Override", "DELETE"),
+                  settings=settings)
+    assert header(error.headers, "Allow") == "OPTIONS, HEAD, PATCH"
+
+
+@pytest.mark.parametrize("name", ["Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Metadata",
+                                  "X-HTTP-Method-Override", "Content-Type", "Host"])
+def test_duplicate_tus_header_rejected_when_parsing(name: str) -> None:
+    with pytest.raises(TusError) as info:
+        head("PATCH", UPLOAD, (name, "1"), (name.upper(), "1"))
+    assert info.value.kind is ErrorKind.DUPLICATE_HEADER
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(("body_size", "has_body"), [(0, False), (1, True), (None, True)])
+def test_has_body(body_size: int | None, has_body: bool) -> None:
+    assert head("POST", "/files/", body_size=body_size).has_body is has_body
+
+
+# ---- 404 for unknown paths and invalid ids ---------------------------------------------------
+
+BAD_PATHS = [
+    "/",
+    "/file",
+    "/filesx",
+    "/other/" + UID,
+    "/files/../etc/passwd",
+    "/files/../files/" + UID,
+    "/files/" + UID + "/..",
+    "/files/%2e%2e/" + UID,
+    "/files/%2e%2e%2f" + UID[:24],
+    "/files/" + UID[:-2] + "%66",           # percent-encoded last hex digit
+    "/files/%30123456789abcdef0123456789abcdef",
+    "/files/" + UID.upper(),
+    "/files/" + UID[:-1] + "A",
+    "/files/" + UID[:31],
+    "/files/" + UID + "0",
+    "/files/" + UID + "/",
+    "/files/" + UID + "/info",
+    "/files/" + UID + ".info",
+    "/files/" + UID + "%00",
+    "/files/" + UID + "\n",
+    "/files//" + UID,
+    "/files/./" + UID,
+    "/files/" + "g" * 32,
+    "/files/" + "0" * 31 + " ",
+    "/files/" + "٠" * 32,                   # Arabic-Indic zeros
+    "/files/" + UID[:16] + "/" + UID[16:],
+    "//files/" + UID,
+    "/FILES/" + UID,
+    "files/" + UID,
+]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+@pytest.mark.parametrize("method", ["HEAD", "PATCH", "DELETE", "OPTIONS", "POST"])
+def test_unknown_paths_are_404(path: str, method: str) -> None:
+    fails(ErrorKind.NOT_FOUND, method, path, V, OCTETS, ("Upload-Offset", "0"))
+
+
+@pytest.mark.parametrize("upload_id", [UID, "0" * 32, "f" * 32, "abcdef0123456789" * 2])
+def test_valid_ids(upload_id: str) -> None:
+    assert is_valid_upload_id(upload_id)
+    assert interpret("HEAD", "/files/" + upload_id, V) == GetOffset(upload_id)
+
+
+@pytest.mark.parametrize("upload_id", ["", UID[:31], UID + "a", UID.upper(), "../" + UID[3:], UID[:31] + "\n",
+                                       "x" * 32, UID[:31] + "/"])
+def test_invalid_ids(upload_id: str) -> None:
+    assert not is_valid_upload_id(upload_id)
+
+
+@pytest.mark.parametrize(("base_path", "path", "target"), [
+    ("/files/", "/files/", tus.Target.COLLECTION),
+    ("/files/", "/files", tus.Target.COLLECTION),
+    ("/api/v1/uploads/", "/api/v1/uploads/", tus.Target.COLLECTION),
+    ("/api/v1/uploads/", "/api/v1/uploads/" + UID, tus.Target.UPLOAD),
+    ("/", "/", tus.Target.COLLECTION),
+    ("/", "/" + UID, tus.Target.UPLOAD),
+])
+def test_resolve_target(base_path: str, path: str, target: tus.Target) -> None:
+    found, upload_id = tus.resolve_target(path, ProtocolSettings(base_path=base_path))
+    assert found is target
+    assert upload_id == ("" if target is tus.Target.COLLECTION else UID)
+
+
+def test_custom_base_path_does_not_serve_default() -> None:
+    settings = ProtocolSettings(base_path="/uploads/")
+    fails(ErrorKind.NOT_FOUND, "HEAD", UPLOAD, V, settings=settings)
+    assert interpret("HEAD", "/uploads/" + UID, V, settings=settings) == GetOffset(UID)
+
+
+# ---- 405 + Allow -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "path", "settings", "allow"), [
+    ("HEAD", "/files/", DEFAULT, "OPTIONS, POST"),            # item 85
+    ("PATCH", "/files/", DEFAULT, "OPTIONS, POST"),
+    ("DELETE", "/files/", DEFAULT, "OPTIONS, POST"),
+    ("GET", "/files/", DEFAULT, "OPTIONS, POST"),
+    ("PUT", "/files/", DEFAULT, "OPTIONS, POST"),
+    ("POST", UPLOAD, DEFAULT, "OPTIONS, HEAD, PATCH, DELETE"),
+    ("GET", UPLOAD, DEFAULT, "OPTIONS, HEAD, PATCH, DELETE"),
+    ("PUT", UPLOAD, DEFAULT, "OPTIONS, HEAD, PATCH, DELETE"),
+    ("patch", UPLOAD, DEFAULT, "OPTIONS, HEAD, PATCH, DELETE"),   # methods are case-sensitive
+    ("BREW", UPLOAD, DEFAULT, "OPTIONS, HEAD, PATCH, DELETE"),
+    ("DELETE", UPLOAD, ProtocolSettings(extensions=("creation",)), "OPTIONS, HEAD, PATCH"),
+    ("POST", "/files/", ProtocolSettings(extensions=("termination",)), "OPTIONS"),
+    ("POST", "/files/", ProtocolSettings(extensions=()), "OPTIONS"),
+    ("DELETE", UPLOAD, ProtocolSettings(extensions=()), "OPTIONS, HEAD, PATCH"),
+])
+def test_method_not_allowed(method: str, path: str, settings: ProtocolSettings, allow: str) -> None:
+    error = fails(ErrorKind.METHOD_NOT_ALLOWED, method, path, V, OCTETS, ("Upload-Length", "5"),
+                  settings=settings)
+    assert header(error.headers, "Allow") == allow
+    assert tus.error_reply(error).status == 405
+    assert ("Allow", allow) in tus.error_reply(error).headers
+
+
+@pytest.mark.parametrize(("target", "settings", "expected"), [
+    (Target.COLLECTION, DEFAULT, "OPTIONS, POST"),
+    (Target.UPLOAD, DEFAULT, "OPTIONS, HEAD, PATCH, DELETE"),
+    (Target.COLLECTION, ProtocolSettings(extensions=("creation-defer-length",)), "OPTIONS"),
+    (Target.UPLOAD, ProtocolSettings(extensions=("creation", "creation-with-upload")), "OPTIONS, HEAD, PATCH"),
+])
+def test_allowed_methods(target: Target, settings: ProtocolSettings, expected: str) -> None:
+    assert tus.allowed_methods(target, settings) == expected
+
+
+# ---- 412 Tus-Resumable (items 8-10, 39) ------------------------------------------------------
+
+REQUESTS = [
+    ("POST", "/files/", [("Upload-Length", "5")]),
+    ("PATCH", UPLOAD, [OCTETS, ("Upload-Offset", "0")]),
+    ("HEAD", UPLOAD, []),
+    ("DELETE", UPLOAD, []),
+]
+BAD_VERSIONS = [None, "", "0.2.2", "1.0", "1.0.1", "2.0.0", "1.0.0,0.2.2", "v1.0.0"]
+
+
+@pytest.mark.parametrize(("method", "path", "pairs"), REQUESTS)
+@pytest.mark.parametrize("version", BAD_VERSIONS)
+def test_missing_or_unsupported_version_is_412_with_tus_version(method, path, pairs, version) -> None:
+    if version is not None:
+        pairs = [*pairs, ("Tus-Resumable", version)]
+    error = fails(ErrorKind.UNSUPPORTED_VERSION, method, path, *pairs)
+    assert header(error.headers, "Tus-Version") == "1.0.0"
+    reply = tus.error_reply(error)
+    assert reply.status == 412
+    assert ("Tus-Version", "1.0.0") in reply.headers
+    assert not any(name.lower() in ("location", "upload-offset") for name, _ in reply.headers)
+
+
+@pytest.mark.parametrize(("method", "path", "pairs", "intent"), [
+    (*REQUESTS[0], Create(5)),
+    (*REQUESTS[1], Append(UID, 0, None, 0)),
+    (*REQUESTS[2], GetOffset(UID)),
+    (*REQUESTS[3], Terminate(UID)),
+])
+def test_supported_version_passes(method, path, pairs, intent) -> None:
+    assert interpret(method, path, V, *pairs) == intent
+    assert interpret(method, path, ("tus-resumable", " 1.0.0 "), *pairs) == intent
+
+
+@pytest.mark.parametrize("path", ["/files/", UPLOAD])
+@pytest.mark.parametrize("version", BAD_VERSIONS + ["1.0.0"])
+def test_options_ignores_tus_resumable(path: str, version: str | None) -> None:
+    pairs = [] if version is None else [("Tus-Resumable", version)]
+    assert interpret("OPTIONS", path, *pairs) == Options()
+
+
+def test_version_check_comes_before_any_other_header_check() -> None:
+    # Not processed at all (item 9): a bad body, length and metadata still give 412.
+    fails(ErrorKind.UNSUPPORTED_VERSION, "POST", "/files/", ("Tus-Resumable", "0.2.2"), ("Upload-Length", "-1"),
+          ("Upload-Metadata", "!!"), body_size=10)
+    fails(ErrorKind.UNSUPPORTED_VERSION, "PATCH", UPLOAD, ("Content-Type", "text/plain"))
+
+
+# ---- creation (items 41-49) -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("pairs", "body_size", "expected"), [
+    ([("Upload-Length", "100")], 0, Create(100, {}, None, 0)),
+    ([("Upload-Length", "0")], 0, Create(0, {}, None, 0)),
+    ([("Upload-Defer-Length", "1")], 0, Create(None, {}, None, 0)),
+    ([("Upload-Length", "100"), ("Upload-Metadata", "")], 0, Create(100, {}, None, 0)),
+    ([("Upload-Length", "100"), ("Upload-Metadata", "name YQ==,flag")], 0,
+     Create(100, {"name": b"a", "flag": b""}, "name YQ==,flag", 0)),
+    ([("Upload-Length", "100"), OCTETS], 10, Create(100, {}, None, 10)),
+    ([("Upload-Length", "100"), OCTETS], 100, Create(100, {}, None, 100)),
+    ([("Upload-Length", "100"), OCTETS], None, Create(100, {}, None, None)),
+    ([("Upload-Defer-Length", "1"), OCTETS], 10, Create(None, {}, None, 10)),
+    ([("Upload-Length", "5"), ("Content-Type", "Application/Offset+Octet-Stream; x=y")], 5,
+     Create(5, {}, None, 5)),
+])
+def test_create(pairs, body_size, expected: Create) -> None:
+    assert interpret("POST", "/files/", V, *pairs, body_size=body_size) == expected
+
+
+def test_create_on_collection_without_trailing_slash() -> None:
+    assert interpret("POST", "/files", V, ("Upload-Length", "1")) == Create(1)
+
+
+def test_create_echoes_metadata_header_exactly() -> None:
+    raw = "b Yg==, a YQ==,c"
+    intent = interpret("POST", "/files/", V, ("Upload-Length", "1"), ("Upload-Metadata", raw))
+    assert isinstance(intent, Create)
+    assert intent.metadata_header == raw
+    assert intent.metadata == {"a": b"a", "b": b"b", "c": b""}
+
+
+@pytest.mark.parametrize(("pairs", "body_size", "kind"), [
+    ([], 0, ErrorKind.MISSING_LENGTH),
+    ([("Upload-Metadata", "a YQ==")], 0, ErrorKind.MISSING_LENGTH),
+    ([("Upload-Length", "5"), ("Upload-Defer-Length", "1")], 0, ErrorKind.AMBIGUOUS_LENGTH),
+    ([("Upload-Length", "-1")], 0, ErrorKind.INVALID_LENGTH),
+    ([("Upload-Length", "+5")], 0, ErrorKind.INVALID_LENGTH),
+    ([("Upload-Length", "abc")], 0, ErrorKind.INVALID_LENGTH),
+    ([("Upload-Length", "")], 0, ErrorKind.INVALID_LENGTH),
+    ([("Upload-Length", str(2**63))], 0, ErrorKind.INVALID_LENGTH),
+    ([("Upload-Defer-Length", "0")], 0, ErrorKind.INVALID_DEFER_LENGTH),
+    ([("Upload-Defer-Length", "true")], 0, ErrorKind.INVALID_DEFER_LENGTH),
+    ([("Upload-Length", "5"), ("Upload-Metadata", "a !!")], 0, ErrorKind.INVALID_METADATA),
+    ([("Upload-Length", "5"), ("Upload-Metadata", "a YQ==,a YQ==")], 0, ErrorKind.INVALID_METADATA),
+    ([("Upload-Length", "5"), ("Upload-Concat", "partial")], 0, ErrorKind.EXTENSION_DISABLED),
+    ([("Upload-Concat", "final;/files/a /files/b")], 0, ErrorKind.EXTENSION_DISABLED),
+    ([("Upload-Length", "5"), ("Upload-Checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=")], 0,
+     ErrorKind.EXTENSION_DISABLED),
+    # creation-with-upload needs the offset+octet-stream media type (item 56 -> 25)
+    ([("Upload-Length", "5")], 5, ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    ([("Upload-Length", "5"), ("Content-Type", "application/octet-stream")], 5,
+     ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    ([("Upload-Length", "5"), ("Content-Type", "text/plain")], None, ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    # body longer than the declared length
+    ([("Upload-Length", "5"), OCTETS], 6, ErrorKind.SIZE_EXCEEDED),
+    ([("Upload-Length", "0"), OCTETS], 1, ErrorKind.SIZE_EXCEEDED),
+])
+def test_create_rejects(pairs, body_size, kind: ErrorKind) -> None:
+    error = fails(kind, "POST", "/files/", V, *pairs, body_size=body_size)
+    reply = tus.error_reply(error)
+    assert reply.status == kind.status
+    assert header(reply.headers, "Location") is None
+
+
+@pytest.mark.parametrize(("length", "ok"), [(0, True), (999, True), (1000, True), (1001, False),
+                                            (2**63 - 1, False)])
+def test_create_max_size(length: int, ok: bool) -> None:
+    pairs = (V, ("Upload-Length", str(length)))
+    if ok:
+        assert interpret("POST", "/files/", *pairs, settings=LIMITED) == Create(length)
+    else:
+        error = fails(ErrorKind.MAX_SIZE_EXCEEDED, "POST", "/files/", *pairs, settings=LIMITED)
+        assert header(error.headers, "Tus-Max-Size") == "1000"   # item 47
+
+
+def test_create_max_size_checked_before_body() -> None:
+    fails(ErrorKind.MAX_SIZE_EXCEEDED, "POST", "/files/", V, ("Upload-Length", "2000"), OCTETS, body_size=10,
+          settings=LIMITED)
+
+
+def test_create_deferred_with_body_over_max_size_is_413() -> None:
+    # Item 47: over the maximum -> 413 and *create nothing*. With a deferred length and a Content-Length
+    # larger than Tus-Max-Size, the size is already known to be too large before anything is created.
+    fails(ErrorKind.MAX_SIZE_EXCEEDED, "POST", "/files/", V, ("Upload-Defer-Length", "1"), OCTETS,
+          body_size=1001, settings=LIMITED)
+
+
+def test_create_deferred_with_body_within_max_size() -> None:
+    assert interpret("POST", "/files/", V, ("Upload-Defer-Length", "1"), OCTETS, body_size=1000,
+                     settings=LIMITED) == Create(None, body_size=1000)
+
+
+# ---- disabled extensions ---------------------------------------------------------------------
+
+ONLY_CREATION = ProtocolSettings(extensions=("creation",))
+
+
+def test_deferred_length_needs_its_extension() -> None:
+    fails(ErrorKind.EXTENSION_DISABLED, "POST", "/files/", V, ("Upload-Defer-Length", "1"), settings=ONLY_CREATION)
+    assert interpret("POST", "/files/", V, ("Upload-Length", "1"), settings=ONLY_CREATION) == Create(1)
+
+
+def test_creation_with_upload_needs_its_extension() -> None:
+    fails(ErrorKind.EXTENSION_DISABLED, "POST", "/files/", V, ("Upload-Length", "5"), OCTETS, body_size=5,
+          settings=ONLY_CREATION)
+    fails(ErrorKind.EXTENSION_DISABLED, "POST", "/files/", V, ("Upload-Length", "5"), OCTETS, body_size=None,
+          settings=ONLY_CREATION)
+    # an empty body is plain creation
+    assert interpret("POST", "/files/", V, ("Upload-Length", "5"), OCTETS, body_size=0,
+                     settings=ONLY_CREATION) == Create(5)
+
+
+def test_termination_disabled() -> None:
+    fails(ErrorKind.METHOD_NOT_ALLOWED, "DELETE", UPLOAD, V, settings=ONLY_CREATION)
+    assert interpret("DELETE", UPLOAD, V) == Terminate(UID)
+
+
+def test_creation_disabled_leaves_core() -> None:
+    settings = ProtocolSettings(extensions=())
+    fails(ErrorKind.METHOD_NOT_ALLOWED, "POST", "/files/", V, ("Upload-Length", "5"), settings=settings)
+    assert interpret("HEAD", UPLOAD, V, settings=settings) == GetOffset(UID)
+    assert interpret("PATCH", UPLOAD, V, OCTETS, ("Upload-Offset", "0"), settings=settings) == Append(UID, 0, None, 0)
+
+
+# ---- HEAD / DELETE / OPTIONS intents ---------------------------------------------------------
+
+def test_head_and_delete_intents() -> None:
+    assert interpret("HEAD", UPLOAD, V) == GetOffset(UID)
+    assert interpret("DELETE", UPLOAD, V) == Terminate(UID)
+    assert interpret("OPTIONS", "/files/") == Options()
+    assert interpret("OPTIONS", UPLOAD) == Options()
+
+
+# ---- PATCH (items 24-36) --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("pairs", "body_size", "expected"), [
+    ([OCTETS, ("Upload-Offset", "0")], 10, Append(UID, 0, None, 10)),
+    ([OCTETS, ("Upload-Offset", "77")], None, Append(UID, 77, None, None)),
+    ([OCTETS, ("Upload-Offset", " 77 ")], 0, Append(UID, 77, None, 0)),
+    ([OCTETS, ("Upload-Offset", "5"), ("Upload-Length", "20")], 3, Append(UID, 5, 20, 3)),
+    ([("Content-Type", "application/offset+octet-stream; charset=x"), ("Upload-Offset", "0")], 1,
+     Append(UID, 0, None, 1)),
+])
+def test_append(pairs, body_size, expected: Append) -> None:
+    assert interpret("PATCH", UPLOAD, V, *pairs, body_size=body_size) == expected
+
+
+@pytest.mark.parametrize(("pairs", "kind"), [
+    ([("Upload-Offset", "0")], ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    ([("Content-Type", "application/octet-stream"), ("Upload-Offset", "0")], ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    ([("Content-Type", "application/partial-upload"), ("Upload-Offset", "0")], ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    ([("Content-Type", "text/plain"), ("Upload-Offset", "0")], ErrorKind.UNSUPPORTED_MEDIA_TYPE),
+    ([OCTETS], ErrorKind.MISSING_OFFSET),
+    ([OCTETS, ("Upload-Offset", "")], ErrorKind.INVALID_OFFSET),
+    ([OCTETS, ("Upload-Offset", "-1")], ErrorKind.INVALID_OFFSET),
+    ([OCTETS, ("Upload-Offset", "+1")], ErrorKind.INVALID_OFFSET),
+    ([OCTETS, ("Upload-Offset", "0x10")], ErrorKind.INVALID_OFFSET),
+    ([OCTETS, ("Upload-Offset", str(2**63))], ErrorKind.INVALID_OFFSET),
+    ([OCTETS, ("Upload-Offset", "0"), ("Upload-Length", "-3")], ErrorKind.INVALID_LENGTH),
+    ([OCTETS, ("Upload-Offset", "0"), ("Upload-Checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=")],
+     ErrorKind.EXTENSION_DISABLED),
+    ([OCTETS, ("Upload-Offset", "0"), ("Upload-Concat", "partial")], ErrorKind.EXTENSION_DISABLED),
+])
+def test_append_rejects(pairs, kind: ErrorKind) -> None:
+    fails(kind, "PATCH", UPLOAD, V, *pairs, body_size=5)
+
+
+def test_append_length_over_max_size_is_413() -> None:
+    # "deferred length over max size": the PATCH that settles the length must respect Tus-Max-Size (item 52).
+    error = fails(ErrorKind.MAX_SIZE_EXCEEDED, "PATCH", UPLOAD, V, OCTETS, ("Upload-Offset", "0"),
+                  ("Upload-Length", "1001"), settings=LIMITED)
+    assert header(error.headers, "Tus-Max-Size") == "1000"
+    assert interpret("PATCH", UPLOAD, V, OCTETS, ("Upload-Offset", "0"), ("Upload-Length", "1000"),
+                     settings=LIMITED) == Append(UID, 0, 1000, 0)
+
+
+# ---- plan_append -----------------------------------------------------------------------------
+
+def info(length: int | None, offset: int = 0, **kwargs) -> UploadInfo:
+    return UploadInfo(UID, length, offset, **kwargs)
+
+
+@pytest.mark.parametrize(("intent", "upload", "settings", "plan"), [
+    (Append(UID, 0, None, 10), info(100), DEFAULT, AppendPlan(100, ErrorKind.SIZE_EXCEEDED)),
+    (Append(UID, 40, None, 60), info(100, 40), DEFAULT, AppendPlan(60, ErrorKind.SIZE_EXCEEDED)),
+    (Append(UID, 40, None, None), info(100, 40), DEFAULT, AppendPlan(60, ErrorKind.SIZE_EXCEEDED)),
+    (Append(UID, 100, None, 0), info(100, 100), DEFAULT, AppendPlan(0, ErrorKind.SIZE_EXCEEDED)),   # item 34
+    (Append(UID, 0, None, 0), info(0, 0), DEFAULT, AppendPlan(0, ErrorKind.SIZE_EXCEEDED)),
+    (Append(UID, 100, 100, 0), info(100, 100), DEFAULT, AppendPlan(0, ErrorKind.SIZE_EXCEEDED)),  # same length
+    (Append(UID, 5, 100, 3), info(100, 5), DEFAULT, AppendPlan(95, ErrorKind.SIZE_EXCEEDED)),
+    # deferred length
+    (Append(UID, 0, None, 10), info(None), DEFAULT, AppendPlan(None, ErrorKind.SIZE_EXCEEDED)),
+    (Append(UID, 0, None, None), info(None), DEFAULT, AppendPlan(None, ErrorKind.SIZE_EXCEEDED)),
+    (Append(UID, 10, None, 5), info(None, 10), LIMITED, AppendPlan(990, ErrorKind.MAX_SIZE_EXCEEDED)),
+    (Append(UID, 10, None, 990), info(None, 10), LIMITED, AppendPlan(990, ErrorKind.MAX_SIZE_EXCEEDED)),
+    (Append(UID, 10, None, None), info(None, 10), LIMITED, AppendPlan(990, ErrorKind.MAX_SIZE_EXCEEDED)),
+    # settling the deferred length
+    (Append(UID, 10, 50, 40), info(None, 10), DEFAULT, AppendPlan(40, ErrorKind.SIZE_EXCEEDED, 50)),
+    (Append(UID, 10, 10, 0), info(None, 10), DEFAULT, AppendPlan(0, ErrorKind.SIZE_EXCEEDED, 10)),
+    (Append(UID, 0, 0, 0), info(None), DEFAULT, AppendPlan(0, ErrorKind.SIZE_EXCEEDED, 0)),
+    (Append(UID, 10, 500, None), info(None, 10), LIMITED, AppendPlan(490, ErrorKind.SIZE_EXCEEDED, 500)),
+])
+def test_plan_append(intent: Append, upload: UploadInfo, settings: ProtocolSettings, plan: AppendPlan) -> None:
+    assert tus.plan_append(intent, upload, settings) == plan
+
+
+@pytest.mark.parametrize(("intent", "upload"), [
+    (Append(UID, 0, None, 1), info(100, 10)),
+    (Append(UID, 11, None, 1), info(100, 10)),
+    (Append(UID, 9, None, 1), info(100, 10)),
+    (Append(UID, 1, None, 0), info(None, 0)),
+    (Append(UID, 0, 100, 0), info(100, 100)),
+    (Append(UID, 5, 999, 0), info(100, 10)),      # mismatch reported before the length conflict
+])
+def test_plan_append_offset_mismatch_is_409_with_current_offset(intent: Append, upload: UploadInfo) -> None:
+    with pytest.raises(TusError) as raised:
+        tus.plan_append(intent, upload, DEFAULT)
+    assert raised.value.kind is ErrorKind.MISMATCHED_OFFSET
+    assert raised.value.headers == [("Upload-Offset", str(upload.offset))]   # item 26
+    reply = tus.error_reply(raised.value)
+    assert reply.status == 409
+    assert header(reply.headers, "Upload-Offset") == str(upload.offset)
+
+
+@pytest.mark.parametrize(("intent", "upload", "settings", "kind", "offset_header"), [
+    # body longer than what is left (item 33)
+    (Append(UID, 0, None, 101), info(100), DEFAULT, ErrorKind.SIZE_EXCEEDED, "0"),
+    (Append(UID, 40, None, 61), info(100, 40), DEFAULT, ErrorKind.SIZE_EXCEEDED, "40"),
+    (Append(UID, 100, None, 1), info(100, 100), DEFAULT, ErrorKind.SIZE_EXCEEDED, "100"),   # complete upload
+    (Append(UID, 0, 10, 11), info(None), DEFAULT, ErrorKind.SIZE_EXCEEDED, "0"),
+    (Append(UID, 4, 10, 7), info(None, 4), DEFAULT, ErrorKind.SIZE_EXCEEDED, "4"),
+    # deferred length: Tus-Max-Size is the bound
+    (Append(UID, 0, None, 1001), info(None), LIMITED, ErrorKind.MAX_SIZE_EXCEEDED, "0"),
+    (Append(UID, 10, None, 991), info(None, 10), LIMITED, ErrorKind.MAX_SIZE_EXCEEDED, "10"),
+])
+def test_plan_append_limits_are_413(intent, upload, settings, kind, offset_header) -> None:
+    with pytest.raises(TusError) as raised:
+        tus.plan_append(intent, upload, settings)
+    assert raised.value.kind is kind
+    assert raised.value.status == 413
+    assert header(raised.value.headers, "Upload-Offset") == offset_header
+
+
+@pytest.mark.parametrize(("intent", "upload", "kind"), [
+    (Append(UID, 0, 99, 0), info(100), ErrorKind.LENGTH_ALREADY_SET),        # item 52: never changes
+    (Append(UID, 10, 101, 0), info(100, 10), ErrorKind.LENGTH_ALREADY_SET),
+    (Append(UID, 10, 0, 0), info(100, 10), ErrorKind.LENGTH_ALREADY_SET),
+    (Append(UID, 10, 9, 0), info(None, 10), ErrorKind.LENGTH_BELOW_OFFSET),
+    (Append(UID, 10, 0, 0), info(None, 10), ErrorKind.LENGTH_BELOW_OFFSET),
+])
+def test_plan_append_length_conflicts_are_400(intent: Append, upload: UploadInfo, kind: ErrorKind) -> None:
+    with pytest.raises(TusError) as raised:
+        tus.plan_append(intent, upload, DEFAULT)
+    assert raised.value.kind is kind
+    assert raised.value.status == 400
+
+
+# ---- replies ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("settings", "extension_header"), [
+    (DEFAULT, "creation,creation-with-upload,creation-defer-length,termination"),
+    (ProtocolSettings(extensions=("creation",)), "creation"),
+    (ProtocolSettings(extensions=("creation", "termination")), "creation,termination"),
+    (ProtocolSettings(extensions=("termination", "creation-defer-length")), "termination,creation-defer-length"),
+    (ProtocolSettings(extensions=()), None),             # item 11: omitted when there are none
+])
+def test_options_reply_lists_exactly_enabled_extensions(settings, extension_header) -> None:
+    reply = tus.options_reply(settings)
+    assert reply.status in (200, 204)
+    assert header(reply.headers, "Tus-Version") == "1.0.0"
+    assert header(reply.headers, "Tus-Extension") == extension_header
+    if extension_header is not None:
+        assert set(extension_header.split(",")) == set(settings.extensions)
+    assert header(reply.headers, "Tus-Max-Size") is None
+    assert reply.body == b""
+
+
+@pytest.mark.parametrize("max_size", [0, 1, 1000, 2**63 - 1])
+def test_options_reply_announces_max_size_only_when_set(max_size: int) -> None:
+    reply = tus.options_reply(ProtocolSettings(max_size=max_size))
+    assert header(reply.headers, "Tus-Max-Size") == str(max_size)
+
+
+@pytest.mark.parametrize(("upload", "expected"), [
+    (info(100, 0), {"Upload-Offset": "0", "Upload-Length": "100"}),
+    (info(100, 100), {"Upload-Offset": "100", "Upload-Length": "100"}),       # item 14: even complete
+    (info(0, 0), {"Upload-Offset": "0", "Upload-Length": "0"}),               # item 44
+    (info(None, 0), {"Upload-Offset": "0", "Upload-Defer-Length": "1"}),      # item 20
+    (info(None, 77), {"Upload-Offset": "77", "Upload-Defer-Length": "1"}),
+])
+def test_head_reply(upload: UploadInfo, expected: dict[str, str]) -> None:
+    reply = tus.head_reply(upload)
+    assert reply.status in (200, 204)
+    assert reply.body == b""
+    assert header(reply.headers, "Cache-Control") == "no-store"            # item 18
+    for name, value in expected.items():
+        assert header(reply.headers, name) == value
+    if upload.length is None:
+        assert header(reply.headers, "Upload-Length") is None              # item 20
+    else:
+        assert header(reply.headers, "Upload-Defer-Length") is None         # item 51
+    assert header(reply.headers, "Upload-Metadata") is None
+
+
+@pytest.mark.parametrize("upload", [info(100, 0), info(100, 40), info(None, 5), info(0, 0)])
+def test_head_reply_content_length_copies_upload_length_or_is_omitted(upload: UploadInfo) -> None:
+    # Item 23: a Content-Length on HEAD describes what GET would return: copy Upload-Length or omit it.
+    content_length = header(tus.head_reply(upload).headers, "Content-Length")
+    assert content_length is None or (upload.length is not None and content_length == str(upload.length))
+
+
+@pytest.mark.parametrize(("upload", "echo"), [
+    (info(5, metadata={"name": b"a"}, metadata_header="name YQ=="), "name YQ=="),
+    (info(5, metadata={"b": b"b", "a": b"a"}, metadata_header="b Yg==, a YQ=="), "b Yg==, a YQ=="),   # exact
+    (info(5, metadata={"nonlatin": "słońce".encode(), "flag": b""}), "nonlatin c8WCb8WEY2U=,flag"),
+    (info(None, metadata={"flag": b""}, metadata_header="flag"), "flag"),
+])
+def test_head_reply_echoes_metadata(upload: UploadInfo, echo: str) -> None:
+    assert header(tus.head_reply(upload).headers, "Upload-Metadata") == echo   # item 19
+
+
+@pytest.mark.parametrize(("upload", "location"), [
+    (info(100), "http://example.com/files/" + UID),
+    (info(100, 40), "/files/" + UID),
+    (info(0), "https://x/files/" + UID),
+])
+def test_created_reply(upload: UploadInfo, location: str) -> None:
+    reply = tus.created_reply(upload, location)
+    assert reply.status == 201
+    assert header(reply.headers, "Location") == location
+    assert header(reply.headers, "Upload-Offset") == str(upload.offset)     # item 56
+    assert header(reply.headers, "Content-Length") == "0"
+    assert reply.body == b""
+
+
+def test_append_and_terminated_replies() -> None:
+    reply = tus.append_reply(info(100, 64))
+    assert (reply.status, reply.headers, reply.body) == (204, [("Upload-Offset", "64")], b"")
+    reply = tus.terminated_reply()
+    assert (reply.status, reply.body) == (204, b"")
+    assert header(reply.headers, "Upload-Offset") is None
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_error_reply_has_status_and_text_body(kind: ErrorKind) -> None:
+    reply = tus.error_reply(TusError(kind, headers=[("X-Extra", "1")]))
+    assert reply.status == kind.status
+    assert ("X-Extra", "1") in reply.headers
+    assert header(reply.headers, "Content-Type") == "text/plain; charset=utf-8"
+    assert reply.body == kind.reason.encode() + b"\n"                      # item 83
+
+
+# ---- model -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("upload", "complete", "remaining"), [
+    (info(100, 0), False, 100),
+    (info(100, 99), False, 1),
+    (info(100, 100), True, 0),
+    (info(0, 0), True, 0),
+    (info(None, 0), False, None),
+    (info(None, 500), False, None),
+])
+def test_upload_info_state(upload: UploadInfo, complete: bool, remaining: int | None) -> None:
+    assert upload.is_complete is complete
+    assert upload.remaining == remaining
+
+
+def test_upload_info_copies() -> None:
+    upload = info(None, 3)
+    assert upload.with_offset(7) == info(None, 7)
+    assert upload.with_length(10) == info(10, 3)
+    assert upload == info(None, 3)            # frozen: the original is unchanged
+    assert info(5).echo_metadata() is None
+
+
+# ---- Location (item 48) ----------------------------------------------------------------------
+
+def location(*pairs: tuple[str, str], settings: ProtocolSettings = DEFAULT, scheme: str = "http") -> str:
+    return tus.upload_url(head("POST", "/files/", *pairs, scheme=scheme), settings, UID)
+
+
+@pytest.mark.parametrize(("pairs", "scheme", "expected"), [
+    ([("Host", "example.com")], "http", "http://example.com/files/"),
+    ([("Host", "example.com:8080")], "http", "http://example.com:8080/files/"),
+    ([("Host", "Example.COM")], "http", "http://Example.COM/files/"),
+    ([("Host", " example.com ")], "http", "http://example.com/files/"),
+    ([("Host", "example.com")], "https", "https://example.com/files/"),
+    ([("Host", "127.0.0.1:1080")], "http", "http://127.0.0.1:1080/files/"),
+    ([("Host", "[::1]")], "http", "http://[::1]/files/"),
+    ([("Host", "[::1]:1080")], "http", "http://[::1]:1080/files/"),
+    ([("Host", "[2001:db8::1]:443")], "https", "https://[2001:db8::1]:443/files/"),
+    ([], "http", "/files/"),                                   # no Host: relative
+    ([("Host", "")], "http", "/files/"),
+    ([("Host", "  ")], "http", "/files/"),
+])
+def test_location_from_host(pairs, scheme: str, expected: str) -> None:
+    assert location(*pairs, scheme=scheme) == expected + UID
+    assert tus.collection_url(head("POST", "/files/", *pairs, scheme=scheme), DEFAULT) == expected
+
+
+def test_location_uses_base_path() -> None:
+    settings = ProtocolSettings(base_path="/api/up/")
+    assert location(("Host", "h"), settings=settings) == "http://h/api/up/" + UID
+    assert location(settings=settings) == "/api/up/" + UID
+
+
+@pytest.mark.parametrize("host", [
+    "evil.com/path",
+    "evil.com?x",
+    "evil.com#x",
+    "user@evil.com",
+    "a b",
+    "evil.com:80:80",
+    "evil.com:",
+    "evil.com:123456",
+    "::1",
+    "[::1",
+    "[::1]x",
+    "[zz::1]",
+    "evil.com\r\nX-Injected: 1",
+    "évil.com",
+    "evil.com\\x",
+])
+def test_invalid_host_is_400(host: str) -> None:
+    with pytest.raises(TusError) as raised:
+        location(("Host", host))
+    assert raised.value.kind is ErrorKind.INVALID_HOST
+    assert raised.value.status == 400
+
+
+PROXY = ProtocolSettings(behind_proxy=True)
+PROXY_PAIRS = [
+    ([("Host", "internal:8080"), ("X-Forwarded-Host", "public.example")], "http://public.example/files/"),
+    ([("Host", "internal:8080"), ("X-Forwarded-Proto", "https")], "https://internal:8080/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Proto", "HTTPS"), ("X-Forwarded-Host", "pub.example:8443")],
+     "https://pub.example:8443/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Proto", "ftp")], "http://internal/files/"),       # unknown: ignored
+    ([("Host", "internal"), ("X-Forwarded-Proto", "https, http")], "https://internal/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Host", "a.example, b.example")], "http://a.example/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "/api")], "http://internal/api/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "/api/v1/")], "http://internal/api/v1/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "/")], "http://internal/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "api")], "http://internal/files/"),     # not a path: dropped
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "//evil.example")], "http://internal/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "/a b")], "http://internal/files/"),
+    ([("Host", "internal"), ("X-Forwarded-Prefix", "/a\r\nX: y")], "http://internal/files/"),
+    ([("X-Forwarded-Prefix", "/api")], "/api/files/"),                                    # still relative
+    ([("Host", "internal"), ("Forwarded", "for=192.0.2.1;proto=https;host=pub.example")],
+     "https://pub.example/files/"),
+    ([("Host", "internal"), ("Forwarded", 'for="[2001:db8::1]";Proto=https;Host="pub.example:8443"')],
+     "https://pub.example:8443/files/"),
+    ([("Host", "internal"), ("Forwarded", "proto=https;host=first.example, proto=http;host=second.example")],
+     "https://first.example/files/"),
+    ([("Host", "internal"), ("Forwarded", "for=192.0.2.1")], "http://internal/files/"),
+    ([("Host", "internal"), ("Forwarded", "host=[::1]:9000")], "http://[::1]:9000/files/"),
+    # X-Forwarded-* win over Forwarded
+    ([("Host", "internal"), ("Forwarded", "proto=http;host=fwd.example"), ("X-Forwarded-Proto", "https"),
+      ("X-Forwarded-Host", "xfh.example")], "https://xfh.example/files/"),
+    ([("Forwarded", "proto=https;host=pub.example")], "https://pub.example/files/"),     # no Host at all
+]
+
+
+@pytest.mark.parametrize(("pairs", "expected"), PROXY_PAIRS)
+def test_location_behind_proxy(pairs, expected: str) -> None:
+    assert location(*pairs, settings=PROXY) == expected + UID
+
+
+@pytest.mark.parametrize(("pairs", "_"), PROXY_PAIRS)
+def test_proxy_headers_ignored_when_not_behind_proxy(pairs, _) -> None:
+    host = dict(pairs).get("Host")
+    expected = f"http://{host}/files/" if host else "/files/"
+    assert location(*pairs) == expected + UID
+
+
+@pytest.mark.parametrize("forwarded_host", ["evil.com/x", "user@evil.com", "a b", "evil.com:99999999"])
+def test_invalid_forwarded_host_is_400_behind_proxy(forwarded_host: str) -> None:
+    with pytest.raises(TusError) as raised:
+        location(("Host", "internal"), ("X-Forwarded-Host", forwarded_host), settings=PROXY)
+    assert raised.value.kind is ErrorKind.INVALID_HOST
+    # ...but it is never even looked at when the proxy is not trusted
+    assert location(("Host", "internal"), ("X-Forwarded-Host", forwarded_host)) == "http://internal/files/" + UID
+
+
+@pytest.mark.parametrize("settings", [
+    ProtocolSettings(public_url="https://cdn.example/uploads/"),
+    ProtocolSettings(public_url="https://cdn.example/uploads/", behind_proxy=True),
+])
+@pytest.mark.parametrize("pairs", [
+    [],
+    [("Host", "internal:1080")],
+    [("Host", "internal"), ("X-Forwarded-Host", "other.example"), ("X-Forwarded-Proto", "http"),
+     ("X-Forwarded-Prefix", "/p"), ("Forwarded", "host=fwd.example;proto=http")],
+    [("Host", "in valid")],
+])
+def test_public_url_wins(settings: ProtocolSettings, pairs) -> None:
+    assert location(*pairs, settings=settings) == "https://cdn.example/uploads/" + UID
+
+
+# ---- CORS (item 40) --------------------------------------------------------------------------
+
+REQUIRED_ALLOW_HEADERS = {"tus-resumable", "upload-length", "upload-metadata", "upload-offset",
+                          "upload-defer-length", "upload-concat", "upload-checksum", "content-type",
+                          "x-http-method-override", "x-requested-with"}
+REQUIRED_EXPOSE_HEADERS = {"location", "upload-offset", "upload-length", "tus-version", "tus-resumable",
+                           "tus-max-size", "tus-extension", "upload-metadata", "upload-defer-length",
+                           "upload-concat", "upload-expires"}
+
+
+def tokens(value: str | None) -> set[str]:
+    assert value is not None
+    return {token.strip().lower() for token in value.split(",")}
+
+
+PREFLIGHT = {"origin": "https://app.example", "access-control-request-method": "PATCH",
+             "access-control-request-headers": "tus-resumable,upload-offset,content-type"}
+
+
+@pytest.mark.parametrize("allowed", [("*",), ("https://app.example",), ("https://other.example", "https://app.example")])
+def test_cors_preflight(allowed: tuple[str, ...]) -> None:
+    headers = cors_headers(PREFLIGHT, allowed, "OPTIONS")
+    assert header(headers, "Access-Control-Allow-Origin") == "https://app.example"
+    assert tokens(header(headers, "Access-Control-Allow-Methods")) >= {"post", "head", "patch", "delete", "options"}
+    assert tokens(header(headers, "Access-Control-Allow-Headers")) >= REQUIRED_ALLOW_HEADERS
+    assert header(headers, "Access-Control-Max-Age") is not None
+    assert header(headers, "Access-Control-Expose-Headers") is None
+    assert "origin" in tokens(header(headers, "Vary"))
+
+
+@pytest.mark.parametrize("method", ["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"])
+def test_cors_simple_response_exposes_tus_headers(method: str) -> None:
+    # an OPTIONS without Access-Control-Request-Method is a plain tus OPTIONS, not a preflight
+    headers = cors_headers({"origin": "https://app.example"}, ("*",), method)
+    assert header(headers, "Access-Control-Allow-Origin") == "https://app.example"
+    assert tokens(header(headers, "Access-Control-Expose-Headers")) >= REQUIRED_EXPOSE_HEADERS
+    assert header(headers, "Access-Control-Allow-Methods") is None
+    assert header(headers, "Access-Control-Allow-Headers") is None
+
+
+def test_cors_header_constants_cover_the_checklist() -> None:
+    assert tokens(ALLOW_METHODS) >= {"post", "head", "patch", "delete", "options"}
+    assert tokens(ALLOW_HEADERS) >= REQUIRED_ALLOW_HEADERS
+    assert tokens(EXPOSE_HEADERS) >= REQUIRED_EXPOSE_HEADERS
+
+
+@pytest.mark.parametrize(("request_headers", "allowed", "method", "expected"), [
+    # restricted: a foreign origin gets nothing but Vary
+    (PREFLIGHT, ("https://other.example",), "OPTIONS", [("Vary", "Origin")]),
+    ({"origin": "https://evil.example"}, ("https://app.example",), "PATCH", [("Vary", "Origin")]),
+    ({"origin": "https://app.example.evil"}, ("https://app.example",), "PATCH", [("Vary", "Origin")]),
+    ({"origin": "http://app.example"}, ("https://app.example",), "PATCH", [("Vary", "Origin")]),
+    ({}, ("https://app.example",), "PATCH", [("Vary", "Origin")]),
+    # open: no Origin, no CORS headers at all
+    ({}, ("*",), "PATCH", []),
+    ({"origin": ""}, ("*",), "PATCH", []),
+    # CORS off
+    (PREFLIGHT, (), "OPTIONS", []),
+    ({"origin": "https://app.example"}, (), "PATCH", []),
+])
+def test_cors_not_granted(request_headers, allowed, method, expected) -> None:
+    assert cors_headers(request_headers, allowed, method) == expected
