@@ -3,6 +3,7 @@ forwards SIGTERM/SIGINT and restarts a worker that dies unexpectedly."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ from .http.server import bind_unix
 log = logging.getLogger("tusfast")
 
 RESTART_BACKOFF = 1.0
+PR_SET_PDEATHSIG = 1
 
 
 def run_workers(config: Config) -> int:
@@ -61,16 +63,30 @@ def _reserve_address(config: Config) -> tuple[socket.socket | None, Config]:
 
 def _spawn(context: multiprocessing.context.BaseContext, config: Config,
            shared: socket.socket | None) -> BaseProcess:
-    process: BaseProcess = context.Process(target=_worker_main, args=(config, shared))  # type: ignore[attr-defined]
+    process: BaseProcess = context.Process(  # type: ignore[attr-defined]
+        target=_worker_main, args=(config, shared, os.getpid()))
     process.start()
     return process
 
 
-def _worker_main(config: Config, shared: socket.socket | None) -> None:
+def _worker_main(config: Config, shared: socket.socket | None, parent: int) -> None:
     from .cli import run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _exit_with_parent(parent)
     os._exit(run(config, sock=shared))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose supervisor was killed (-9) must not keep serving the port on its own: ask the
+    kernel for SIGTERM (a graceful stop) when the parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("cannot tie workers to the supervisor's life on this platform")
+    if os.getppid() != parent:      # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _wait_all(workers: list[BaseProcess], timeout: float) -> int:

@@ -7,7 +7,6 @@ import asyncio
 import http.client
 import os
 import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path

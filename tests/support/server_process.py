@@ -33,6 +33,10 @@ class ServerProcess:
         self._proc: subprocess.Popen[str] | None = None
 
     @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid

@@ -34,6 +34,7 @@ class HttpConnection(asyncio.Protocol):
         self._pending = bytearray()         # pipelined bytes that arrived while a request was served
         self._last_activity = self._loop.time()
         self._head_started: float | None = None
+        self._head_bytes = 0                # fed to the parser for the current head
         self._linger_until: float | None = None
         self._closing = False
         self._eof = False
@@ -103,6 +104,7 @@ class HttpConnection(asyncio.Protocol):
     def _receive_head(self, data: bytes) -> None:
         if self._head_started is None:
             self._head_started = self._loop.time()
+        self._head_bytes += len(data)
         try:
             self._parser.receive_data(data)
             event = self._parser.next_event()
@@ -117,6 +119,12 @@ class HttpConnection(asyncio.Protocol):
     def _start(self, event: h11.Request) -> None:
         assert self._flow is not None
         self._head_started = None
+        leftover, _ = self._parser.trailing_data
+        head_size, self._head_bytes = self._head_bytes - len(leftover), 0
+        # h11 bounds only heads still incomplete; one that arrived in a single read is checked here.
+        if head_size > self._limits.max_head_size:
+            self._reject(431, "request head too large")
+            return
         if len(event.headers) > self._limits.max_headers:
             self._reject(431, "too many header fields")
             return
@@ -127,7 +135,6 @@ class HttpConnection(asyncio.Protocol):
             self._reject(400, str(exc))
             return
         self._exchange = exchange
-        leftover, _ = self._parser.trailing_data
         if leftover:
             self._pending += exchange.body.feed(leftover) if exchange.body.open else leftover
         self._state.spawn(self._serve(exchange))

@@ -30,6 +30,8 @@ def body_decoder(event: h11.Request) -> tuple[int | None, Decoder]:
     return length, ContentLengthDecoder(length)
 
 
+NO_BODY_STATUSES = frozenset({204, 304})
+
 # Statuses http.HTTPStatus lacks but tus uses.
 EXTRA_PHRASES = {460: "Checksum Mismatch"}
 
@@ -63,14 +65,20 @@ class Exchange:
         return self.request.body
 
     def encode_response(self, response: HttpResponse, extra_headers: Headers, close: bool) -> bytes:
+        """Frame the response for the method on the wire: a HEAD reply keeps the application's
+        Content-Length (it describes a GET) and sends no body; any other reply's Content-Length is
+        its body's length, whatever the application thought (e.g. a POST overridden to HEAD)."""
+        is_head = self.request.method == "HEAD"
         headers = [*response.headers, *extra_headers]
-        if response.body and not any(name.lower() == "content-length" for name, _ in headers):
-            headers.append(("Content-Length", str(len(response.body))))
+        if not is_head:
+            headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+            if response.status not in NO_BODY_STATUSES:
+                headers.append(("Content-Length", str(len(response.body))))
         if close:
             headers.append(("Connection", "close"))
         out = self.parser.send(h11.Response(status_code=response.status, headers=headers,
                                             reason=reason_phrase(response.status)))
-        if response.body:
+        if response.body and not is_head:
             out += self.parser.send(h11.Data(data=response.body))
         out += self.parser.send(h11.EndOfMessage())
         self.responded = True
