@@ -107,6 +107,57 @@ def _parse_metadata_pair(pair: str) -> tuple[str, bytes]:
                        f"Upload-Metadata value of {key!r} is not valid base64") from None
 
 
+CHECKSUM_DIGEST_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64, "crc32": 4}
+
+
+def parse_checksum(value: str) -> tuple[str, bytes]:
+    """`sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=` -> ("sha1", digest). 400 for unknown or malformed."""
+    algorithm, _, encoded = value.strip().partition(" ")
+    if algorithm not in CHECKSUM_DIGEST_SIZES:
+        raise TusError(ErrorKind.UNSUPPORTED_CHECKSUM, headers=[("Tus-Checksum-Algorithm", ",".join(CHECKSUM_DIGEST_SIZES))])
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise TusError(ErrorKind.INVALID_CHECKSUM) from None
+    if len(digest) != CHECKSUM_DIGEST_SIZES[algorithm]:
+        raise TusError(ErrorKind.INVALID_CHECKSUM, f"a {algorithm} digest has {CHECKSUM_DIGEST_SIZES[algorithm]} bytes")
+    return algorithm, digest
+
+
+def parse_concat(value: str) -> tuple[str, ...] | None:
+    """`partial` -> None; `final;<url> <url>` -> the URLs in order. Anything else is 400."""
+    value = value.strip()
+    if value == "partial":
+        return None
+    kind, sep, urls = value.partition(";")
+    parts = tuple(urls.split(" ")) if sep else ()
+    if kind != "final" or not parts or any(not url for url in parts):
+        raise TusError(ErrorKind.INVALID_CONCAT)
+    return parts
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """A single `bytes=` range -> (start, end exclusive). None means "send everything" (multiple or
+    unparsable ranges may be ignored, RFC 9110 14.2); an unsatisfiable range is 416."""
+    unit, _, spec = value.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
+            or (last and not last.isdigit()):
+        return None
+    if not first:                       # suffix: the last N bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            raise TusError(ErrorKind.RANGE_NOT_SATISFIABLE, headers=[("Content-Range", f"bytes */{size}")])
+        return max(0, size - count), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or end <= start:
+        raise TusError(ErrorKind.RANGE_NOT_SATISFIABLE, headers=[("Content-Range", f"bytes */{size}")])
+    return start, end
+
+
 def format_metadata(metadata: Mapping[str, bytes]) -> str:
     """The inverse of parse_metadata, for uploads whose original header was not kept."""
     return ",".join(f"{key} {base64.b64encode(value).decode()}" if value else key

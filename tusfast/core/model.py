@@ -25,10 +25,21 @@ class UploadInfo:
     metadata_header: str | None = None      # Upload-Metadata exactly as received, echoed on HEAD
     created_at: float = 0.0                 # Unix time
     storage: dict[str, str] = field(default_factory=dict)  # backend-specific locations
+    updated_at: float = 0.0                 # last write (creation counts), for expiration
+    concat: str | None = None               # Upload-Concat exactly as received, echoed on HEAD
+    partials: tuple[str, ...] = ()          # a final upload's partial upload ids, in order
 
     @property
     def is_complete(self) -> bool:
         return self.length is not None and self.offset >= self.length
+
+    @property
+    def is_partial(self) -> bool:
+        return self.concat == "partial"
+
+    @property
+    def is_final(self) -> bool:
+        return bool(self.partials)
 
     @property
     def remaining(self) -> int | None:

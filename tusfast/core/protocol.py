@@ -15,37 +15,52 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from enum import Enum
-from typing import Callable, Mapping, Union
+from typing import Callable, Mapping, Sequence, Union
 
+from .checksum import ALGORITHMS, Checksum
 from .errors import ErrorKind, Headers, TusError
 from .headers import (OFFSET_STREAM, TUS_VERSION, collect_headers, is_supported_version, media_type,
-                      parse_defer_length, parse_length, parse_metadata, parse_offset)
+                      parse_checksum, parse_concat, parse_defer_length, parse_length, parse_metadata,
+                      parse_offset)
 from .model import UploadInfo, is_valid_upload_id
 
 # In the order OPTIONS lists them.
-ALL_EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination")
+ALL_EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "expiration", "checksum",
+                  "checksum-trailer", "termination", "concatenation", "concatenation-unfinished")
+# Extensions that only make sense on top of another one.
+REQUIRES = {"creation-with-upload": "creation", "creation-defer-length": "creation",
+            "concatenation-unfinished": "concatenation", "checksum-trailer": "checksum"}
+DOWNLOAD = "download"   # not a tus extension, but switched like one
+# Expiration needs a period, which has no sensible default at this level.
+DEFAULT_EXTENSIONS = tuple(name for name in ALL_EXTENSIONS if name != "expiration")
 
 
 @dataclass(frozen=True)
 class ProtocolSettings:
     base_path: str = "/files/"
     max_size: int | None = None
-    extensions: tuple[str, ...] = ALL_EXTENSIONS
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     public_url: str | None = None     # absolute collection URL as clients see it
     behind_proxy: bool = False        # trust X-Forwarded-* / Forwarded for Location
+    expire_after: float | None = None  # seconds an unfinished upload may sit without a write
+    download: bool = True
 
     def __post_init__(self) -> None:
         if not self.base_path.startswith("/") or not self.base_path.endswith("/"):
             raise ValueError("base path must start and end with '/'")
-        if "creation-with-upload" in self.extensions and "creation" not in self.extensions:
-            raise ValueError("creation-with-upload needs creation")
+        for extension, needed in REQUIRES.items():
+            if extension in self.extensions and needed not in self.extensions:
+                raise ValueError(f"{extension} needs {needed}")
         unknown = set(self.extensions) - set(ALL_EXTENSIONS)
         if unknown:
             raise ValueError(f"unknown tus extensions: {', '.join(sorted(unknown))}")
+        if ("expiration" in self.extensions) != bool(self.expire_after):
+            raise ValueError("the expiration extension goes with a positive expire_after")
 
     def enabled(self, extension: str) -> bool:
-        return extension in self.extensions
+        return extension in self.extensions or (extension == DOWNLOAD and self.download)
 
 
 class Target(Enum):
@@ -95,6 +110,10 @@ class Create:
     metadata: dict[str, bytes] = field(default_factory=dict)
     metadata_header: str | None = None
     body_size: int | None = 0
+    checksum: tuple[str, bytes] | None = None
+    trailer_checksum: bool = False      # the body may end with an Upload-Checksum trailer
+    concat: str | None = None           # Upload-Concat as received
+    partials: tuple[str, ...] = ()      # for a final upload: partial ids in order
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,8 @@ class Append:
     offset: int
     length: int | None = None       # Upload-Length sent to settle a deferred length
     body_size: int | None = None
+    checksum: tuple[str, bytes] | None = None
+    trailer_checksum: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,7 +136,15 @@ class Terminate:
     upload_id: str
 
 
-Intent = Union[Options, Create, GetOffset, Append, Terminate]
+@dataclass(frozen=True)
+class Download:
+    upload_id: str
+    range: str | None = None
+    if_range: str | None = None
+    if_none_match: str | None = None
+
+
+Intent = Union[Options, Create, GetOffset, Append, Terminate, Download]
 _Parser = Callable[[RequestHead, ProtocolSettings, str], Intent]
 
 
@@ -124,7 +153,11 @@ def _options(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> I
 
 
 def _create(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> Intent:
-    _reject_unsupported_headers(head, settings)
+    _check_extension_headers(head, settings)
+    concat = head.headers.get("upload-concat")
+    urls = parse_concat(concat) if concat is not None else None
+    if urls is not None:
+        return _create_final(head, settings, concat or "", urls)
     length = parse_length(head.headers)
     deferred = parse_defer_length(head.headers)
     if length is not None and deferred:
@@ -144,7 +177,19 @@ def _create(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> In
             if length is not None and head.body_size > length:
                 raise TusError(ErrorKind.SIZE_EXCEEDED)
             check_max_size(head.body_size, settings)
-    return Create(length, metadata, raw_metadata if metadata else None, head.body_size)
+    return Create(length, metadata, raw_metadata if metadata else None, head.body_size,
+                  *_checksum_of(head, settings), concat=concat.strip() if concat else None)
+
+
+def _create_final(head: RequestHead, settings: ProtocolSettings, concat: str, urls: tuple[str, ...]) -> Intent:
+    if "upload-length" in head.headers or "upload-defer-length" in head.headers:
+        raise TusError(ErrorKind.FINAL_WITH_LENGTH)
+    if head.has_body:
+        raise TusError(ErrorKind.FINAL_WITH_BODY)
+    raw_metadata = head.headers.get("upload-metadata")
+    metadata = parse_metadata(raw_metadata)
+    partials = tuple(partial_id_from_url(url, head, settings) for url in urls)
+    return Create(None, metadata, raw_metadata if metadata else None, 0, concat=concat, partials=partials)
 
 
 def _get_offset(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> Intent:
@@ -153,12 +198,28 @@ def _get_offset(head: RequestHead, settings: ProtocolSettings, upload_id: str) -
 
 def _append(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> Intent:
     _require_offset_stream(head)
-    _reject_unsupported_headers(head, settings)
+    _check_extension_headers(head, settings)
     offset = parse_offset(head.headers)
     length = parse_length(head.headers)
     if length is not None:
         check_max_size(length, settings)
-    return Append(upload_id, offset, length, head.body_size)
+    return Append(upload_id, offset, length, head.body_size, *_checksum_of(head, settings))
+
+
+def _checksum_of(head: RequestHead, settings: ProtocolSettings) -> tuple[tuple[str, bytes] | None, bool]:
+    """The announced checksum, and whether a chunked body declared one as a trailer. Only then is
+    the body staged: an undeclared trailer is still checked, but an interrupted chunked upload
+    must keep its bytes (checklist item 32) rather than wait for a checksum that may never come."""
+    value = head.headers.get("upload-checksum")
+    checksum = parse_checksum(value) if value is not None else None
+    declared = "upload-checksum" in [name.strip().lower() for name in head.headers.get("trailer", "").split(",")]
+    trailer = checksum is None and declared and head.body_size is None and settings.enabled("checksum-trailer")
+    return checksum, trailer
+
+
+def _download(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> Intent:
+    headers = head.headers
+    return Download(upload_id, headers.get("range"), headers.get("if-range"), headers.get("if-none-match"))
 
 
 def _terminate(head: RequestHead, settings: ProtocolSettings, upload_id: str) -> Intent:
@@ -174,19 +235,21 @@ ROUTES: dict[tuple[Target, str], _Parser] = {
     (Target.UPLOAD, "HEAD"): _get_offset,
     (Target.UPLOAD, "PATCH"): _append,
     (Target.UPLOAD, "DELETE"): _terminate,
+    (Target.UPLOAD, "GET"): _download,
 }
 
 # A route exists only while the extension that defines it is enabled.
 ROUTE_EXTENSION: dict[tuple[Target, str], str] = {
     (Target.COLLECTION, "POST"): "creation",
     (Target.UPLOAD, "DELETE"): "termination",
+    (Target.UPLOAD, "GET"): DOWNLOAD,
 }
 
-# Methods a client may use without Tus-Resumable (browsers send CORS preflights without it).
-VERSION_EXEMPT = frozenset({"OPTIONS"})
+# Methods a client may use without Tus-Resumable: CORS preflights, and downloads (browsers follow links).
+VERSION_EXEMPT = frozenset({"OPTIONS", "GET"})
 
-# Headers that belong to extensions this server does not implement yet: reject, never half-serve.
-UNSUPPORTED_HEADERS: dict[str, str] = {
+# Headers that belong to an extension: with the extension off they are rejected, never half-served.
+EXTENSION_HEADERS: dict[str, str] = {
     "upload-concat": "concatenation",
     "upload-checksum": "checksum",
 }
@@ -240,11 +303,11 @@ def _require_offset_stream(head: RequestHead) -> None:
         raise TusError(ErrorKind.UNSUPPORTED_MEDIA_TYPE)
 
 
-def _reject_unsupported_headers(head: RequestHead, settings: ProtocolSettings) -> None:
-    for header, extension in UNSUPPORTED_HEADERS.items():
-        if header in head.headers:
+def _check_extension_headers(head: RequestHead, settings: ProtocolSettings) -> None:
+    for header, extension in EXTENSION_HEADERS.items():
+        if header in head.headers and not settings.enabled(extension):
             raise TusError(ErrorKind.EXTENSION_DISABLED, f"{header} needs the {extension} extension, "
-                                                         "which this server does not offer")
+                                                         "which is not enabled on this server")
 
 
 # ---- decisions that need the stored upload -------------------------------------------------
@@ -257,6 +320,8 @@ class AppendPlan:
 
 
 def plan_append(intent: Append, info: UploadInfo, settings: ProtocolSettings) -> AppendPlan:
+    if info.is_final:
+        raise TusError(ErrorKind.FINAL_IS_READ_ONLY)
     offset_header = [("Upload-Offset", str(info.offset))]
     if intent.offset != info.offset:
         raise TusError(ErrorKind.MISMATCHED_OFFSET, headers=offset_header)
@@ -300,26 +365,45 @@ def options_reply(settings: ProtocolSettings) -> Reply:
         headers.append(("Tus-Extension", ",".join(settings.extensions)))
     if settings.max_size is not None:
         headers.append(("Tus-Max-Size", str(settings.max_size)))
+    if settings.enabled("checksum"):
+        headers.append(("Tus-Checksum-Algorithm", ",".join(ALGORITHMS)))
     return Reply(204, headers)
 
 
-def head_reply(info: UploadInfo) -> Reply:
-    headers = [("Upload-Offset", str(info.offset)), ("Cache-Control", "no-store")]
-    headers.append(("Upload-Defer-Length", "1") if info.length is None else ("Upload-Length", str(info.length)))
+def head_reply(info: UploadInfo, settings: ProtocolSettings) -> Reply:
+    headers = [("Cache-Control", "no-store")]
+    if not info.is_final or info.is_complete:   # a final's offset is undefined until it is joined
+        headers.append(("Upload-Offset", str(info.offset)))
+    if info.length is not None:
+        headers.append(("Upload-Length", str(info.length)))
+    elif not info.is_final:
+        headers.append(("Upload-Defer-Length", "1"))
     metadata = info.echo_metadata()
     if metadata is not None:
         headers.append(("Upload-Metadata", metadata))
+    if info.concat is not None:
+        headers.append(("Upload-Concat", info.concat))
+    headers += _expires_header(info, settings)
     if info.length is not None:     # what a GET of the upload would return (checklist item 23)
         headers.append(("Content-Length", str(info.length)))
     return Reply(200, headers)
 
 
-def created_reply(info: UploadInfo, location: str) -> Reply:
-    return Reply(201, [("Location", location), ("Upload-Offset", str(info.offset)), ("Content-Length", "0")])
+def created_reply(info: UploadInfo, location: str, settings: ProtocolSettings) -> Reply:
+    headers = [("Location", location)]
+    if not info.is_final or info.is_complete:
+        headers.append(("Upload-Offset", str(info.offset)))
+    if info.concat is not None:
+        headers.append(("Upload-Concat", info.concat))
+    return Reply(201, headers + _expires_header(info, settings))
 
 
-def append_reply(info: UploadInfo) -> Reply:
-    return Reply(204, [("Upload-Offset", str(info.offset))])
+def append_reply(info: UploadInfo, settings: ProtocolSettings) -> Reply:
+    return Reply(204, [("Upload-Offset", str(info.offset)), *_expires_header(info, settings)])
+
+
+def new_checksum(expected: tuple[str, bytes] | None) -> Checksum | None:
+    return None if expected is None else Checksum(*expected)
 
 
 def terminated_reply() -> Reply:
@@ -372,3 +456,56 @@ def _parse_forwarded(value: str) -> dict[str, str]:
     first = value.split(",", 1)[0]
     pairs = (part.split("=", 1) for part in first.split(";") if "=" in part)
     return {key.strip().lower(): val.strip().strip('"') for key, val in pairs}
+
+
+# ---- concatenation ----------------------------------------------------------------------------
+
+def partial_id_from_url(url: str, head: RequestHead, settings: ProtocolSettings) -> str:
+    """Map a partial's URL, absolute (our own scheme, host, port and base path) or relative, to its id."""
+    if url.startswith(("http://", "https://")):
+        own = collection_url(head, settings)
+        rest = url[len(own):] if url.startswith(own) else None
+    else:
+        path = _path_of(url)
+        prefix = _forwarded(head, head.scheme, "")[2] if settings.behind_proxy else ""
+        bases = [prefix + settings.base_path, settings.base_path]
+        rest = next((path[len(base):] for base in bases if path.startswith(base)), None)
+    if rest is None or not is_valid_upload_id(rest):
+        raise TusError(ErrorKind.INVALID_PARTIAL, f"not a partial upload of this server: {url[:200]}")
+    return rest
+
+
+def plan_final(partials: Sequence[UploadInfo], settings: ProtocolSettings) -> int | None:
+    """Check the partials of a new final upload; returns its length when it can be known now."""
+    for partial in partials:
+        if not partial.is_partial:
+            raise TusError(ErrorKind.INVALID_PARTIAL, f"upload {partial.id} is not a partial upload")
+        if not partial.is_complete and not settings.enabled("concatenation-unfinished"):
+            raise TusError(ErrorKind.UNFINISHED_PARTIAL, f"partial upload {partial.id} is not finished")
+    lengths = [partial.length for partial in partials]
+    return None if None in lengths else sum(length or 0 for length in lengths)
+
+
+# ---- expiration -------------------------------------------------------------------------------
+
+def expires_at(info: UploadInfo, settings: ProtocolSettings) -> float | None:
+    """When an unfinished upload expires (sliding from its last write); finished ones never do."""
+    if not settings.expire_after or info.is_complete:
+        return None
+    return (info.updated_at or info.created_at) + settings.expire_after
+
+
+def check_not_expired(info: UploadInfo, settings: ProtocolSettings, now: float) -> None:
+    deadline = expires_at(info, settings)
+    if deadline is not None and deadline <= now:
+        raise TusError(ErrorKind.GONE)
+
+
+def http_date(timestamp: float) -> str:
+    """IMF-fixdate, e.g. `Wed, 25 Jun 2014 16:00:00 GMT`."""
+    return formatdate(timestamp, usegmt=True)
+
+
+def _expires_header(info: UploadInfo, settings: ProtocolSettings) -> Headers:
+    deadline = expires_at(info, settings)
+    return [] if deadline is None else [("Upload-Expires", http_date(deadline))]
