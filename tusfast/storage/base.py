@@ -3,7 +3,7 @@ extension. The server advertises an extension only when its backend implements t
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, Union, runtime_checkable
+from typing import AsyncIterator, Protocol, Sequence, Union, runtime_checkable
 
 from ..core.model import UploadInfo
 
@@ -16,6 +16,10 @@ class StorageError(Exception):
 
 class UploadNotFound(StorageError):
     pass
+
+
+class UploadGone(UploadNotFound):
+    """The upload existed and was removed on expiry."""
 
 
 class UploadCorrupt(StorageError):
@@ -34,8 +38,15 @@ class UploadWriter(Protocol):
     async def write(self, offset: int, chunks: Sequence[Buffer]) -> None:
         """Store chunks back to back from offset. On error, bytes already written stay written."""
 
+    async def commit(self) -> None:
+        """For a staged writer: the bytes written count from now on (also after a crash)."""
+
+    async def truncate(self, offset: int) -> None:
+        """Drop every byte from offset on (a chunk that failed a check it did not announce)."""
+
     async def close(self, *, durable: bool) -> None:
-        """Release resources; with durable=True, return only once the data survives power loss."""
+        """Release resources; with durable=True, return only once the data survives power loss.
+        A staged writer closed without commit() leaves the upload as it was before it opened."""
 
 
 class Storage(Protocol):
@@ -45,7 +56,9 @@ class Storage(Protocol):
     async def get_info(self, upload_id: str) -> UploadInfo:
         """The stored info with `offset` = bytes durably written so far. Raises UploadNotFound."""
 
-    async def open_writer(self, info: UploadInfo) -> UploadWriter: ...
+    async def open_writer(self, info: UploadInfo, staged: bool = False) -> UploadWriter:
+        """staged=True: writes stay provisional until commit() (a checksum must match first);
+        a crash before commit() rolls them back."""
 
 
 @runtime_checkable
@@ -58,10 +71,45 @@ class Terminatable(Protocol):
     async def terminate(self, info: UploadInfo) -> None: ...
 
 
-# The tus extensions that depend on the backend, and the protocol that provides each.
+@runtime_checkable
+class Concatenatable(Protocol):
+    async def concatenate(self, final: UploadInfo, partials: Sequence[UploadInfo]) -> UploadInfo:
+        """Join the finished partials, in order, into the final upload's data; returns it complete."""
+
+    async def register_final(self, final: UploadInfo) -> None:
+        """Remember that `final` waits for its partials (concatenation-unfinished)."""
+
+    async def finals_waiting_for(self, partial_id: str) -> list[str]: ...
+
+
+@runtime_checkable
+class Expirable(Protocol):
+    async def list_upload_ids(self) -> list[str]:
+        """Every upload id in the store (for the expiry sweeper)."""
+
+    async def expire(self, info: UploadInfo) -> None:
+        """Remove an expired upload, leaving a tombstone: get_info raises UploadGone from then on."""
+
+    async def prune_tombstones(self, older_than: float) -> int:
+        """Forget expired uploads removed before `older_than` (Unix time); they become plain 404s."""
+
+
+@runtime_checkable
+class Readable(Protocol):
+    def read_range(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]: ...
+
+    async def open_file(self, info: UploadInfo) -> int:
+        """A read-only file descriptor of the upload's data, for sendfile; the caller closes it."""
+
+
+# The tus extensions (and downloads) that depend on the backend, and the protocol providing each.
 EXTENSION_PROTOCOLS: dict[str, type] = {
     "creation-defer-length": LengthDeferrable,
     "termination": Terminatable,
+    "concatenation": Concatenatable,
+    "expiration": Expirable,
+    "checksum-trailer": Readable,
+    "download": Readable,
 }
 
 

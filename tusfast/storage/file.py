@@ -5,6 +5,10 @@ The offset is the data file's size, as in tusd: it can never be more than what w
 after kill -9. The info file is only ever replaced whole (temp file + rename), never torn.
 With a dir layout, both files live in a date directory and `.ids/<ab>/<id>` links to the info file,
 so an upload is found by id alone after a restart.
+
+Checksummed writes are staged: `<id>.staged` records the offset they started at until the checksum
+matched; if the process dies before that, the next look-up cuts the data back to that offset.
+Final uploads waiting for their partials are listed in `.finals/<partial id>`.
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from .. import nativeio
 from ..core.headers import parse_metadata
 from ..core.model import UploadInfo, is_valid_upload_id
-from .base import (Buffer, StorageFull, StorageUnavailable, UploadCorrupt, UploadNotFound)
+from .base import Buffer, StorageFull, StorageUnavailable, UploadCorrupt, UploadGone, UploadNotFound
 from .layout import DirLayout
 
 T = TypeVar("T")
 INDEX_DIR = ".ids"
+FINALS_DIR = ".finals"
+EXPIRED_DIR = ".expired"
+STAGED_SUFFIX = ".staged"
+READ_CHUNK = 1024 * 1024
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _UNAVAILABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EIO}
@@ -42,9 +50,12 @@ def translate(exc: OSError) -> Exception:
 
 
 class FileWriter:
-    def __init__(self, fd: int, run: Callable[..., Any]) -> None:
+    def __init__(self, fd: int, run: Callable[..., Any], staged_marker: str | None = None,
+                 start: int = 0) -> None:
         self._fd = fd
         self._run = run
+        self._marker = staged_marker    # present while writes are provisional
+        self._start = start
 
     async def write(self, offset: int, chunks: Sequence[Buffer]) -> None:
         try:
@@ -52,14 +63,29 @@ class FileWriter:
         except OSError as exc:
             raise translate(exc) from exc
 
+    async def commit(self) -> None:
+        if self._marker is not None:
+            await self._run(os.unlink, self._marker)
+            self._marker = None
+
+    async def truncate(self, offset: int) -> None:
+        await self._run(os.ftruncate, self._fd, offset)
+
     async def close(self, *, durable: bool) -> None:
         try:
-            if durable:
+            if self._marker is not None:    # never committed: put the upload back as it was
+                await self._run(_roll_back, self._fd, self._start, self._marker)
+            elif durable:
                 await self._run(nativeio.fdatasync, self._fd)
         except OSError as exc:
             raise translate(exc) from exc
         finally:
             os.close(self._fd)
+
+
+def _roll_back(fd: int, offset: int, marker: str) -> None:
+    os.ftruncate(fd, offset)
+    os.unlink(marker)
 
 
 class FileStorage:
@@ -91,9 +117,17 @@ class FileStorage:
     async def get_info(self, upload_id: str) -> UploadInfo:
         return await self._call(self._get_info, upload_id)
 
-    async def open_writer(self, info: UploadInfo) -> FileWriter:
+    async def open_writer(self, info: UploadInfo, staged: bool = False) -> FileWriter:
         fd = await self._call(os.open, self._data_path(info), os.O_WRONLY | os.O_CLOEXEC)
-        return FileWriter(fd, self._run)
+        if not staged:
+            return FileWriter(fd, self._run)
+        marker = self._data_path(info) + STAGED_SUFFIX
+        try:
+            await self._call(_write_marker, marker, info.offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        return FileWriter(fd, self._run, marker, info.offset)
 
     async def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
         updated = info.with_length(length)
@@ -102,6 +136,39 @@ class FileStorage:
 
     async def terminate(self, info: UploadInfo) -> None:
         await self._call(self._terminate, info)
+
+    async def concatenate(self, final: UploadInfo, partials: Sequence[UploadInfo]) -> UploadInfo:
+        return await self._call(self._concatenate, final, partials)
+
+    async def register_final(self, final: UploadInfo) -> None:
+        await self._call(self._register_final, final)
+
+    async def finals_waiting_for(self, partial_id: str) -> list[str]:
+        return await self._call(self._finals_waiting_for, partial_id)
+
+    async def list_upload_ids(self) -> list[str]:
+        return await self._call(self._list_upload_ids)
+
+    async def expire(self, info: UploadInfo) -> None:
+        await self._call(self._expire, info)
+
+    async def prune_tombstones(self, older_than: float) -> int:
+        return await self._call(self._prune_tombstones, older_than)
+
+    async def open_file(self, info: UploadInfo) -> int:
+        return await self._call(os.open, self._data_path(info), os.O_RDONLY | os.O_CLOEXEC)
+
+    async def read_range(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        fd = await self.open_file(info)
+        try:
+            while start < end:
+                chunk = await self._call(os.pread, fd, min(READ_CHUNK, end - start), start)
+                if not chunk:
+                    break
+                start += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
 
     # ---- blocking implementations (run in the executor) -------------------------------------
 
@@ -123,14 +190,18 @@ class FileStorage:
         try:
             raw = info_path.read_bytes()
         except FileNotFoundError:
+            if self._tombstone(upload_id).exists():
+                raise UploadGone(upload_id) from None
             raise UploadNotFound(upload_id) from None
         info = _decode_info(raw, upload_id)
         data_path = str(info_path)[:-len(".info")]
+        _recover_staged(data_path)
         try:
-            size = os.stat(data_path).st_size
+            stat = os.stat(data_path)
         except FileNotFoundError:
             raise UploadCorrupt(f"data file of upload {upload_id} is missing") from None
-        return replace(info, offset=size, storage={**info.storage, "Path": data_path, "InfoPath": str(info_path)})
+        return replace(info, offset=stat.st_size, updated_at=stat.st_mtime,
+                       storage={**info.storage, "Path": data_path, "InfoPath": str(info_path)})
 
     def _find_info(self, upload_id: str) -> Path:
         if not is_valid_upload_id(upload_id):
@@ -164,14 +235,101 @@ class FileStorage:
 
     def _terminate(self, info: UploadInfo) -> None:
         # The info goes first: once it is gone the upload no longer exists, whatever else remains.
-        for path in (info.storage["InfoPath"], info.storage["Path"], self._index_path(info.id)):
+        data = info.storage["Path"]
+        for path in (info.storage["InfoPath"], data, data + STAGED_SUFFIX, self._index_path(info.id),
+                     self._finals_path(info.id)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
 
+    def _concatenate(self, final: UploadInfo, partials: Sequence[UploadInfo]) -> UploadInfo:
+        fd = os.open(self._data_path(final), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            position = 0
+            for partial in partials:
+                source = os.open(self._data_path(partial), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    position += nativeio.copy_range_all(source, 0, fd, position, partial.length or 0)
+                finally:
+                    os.close(source)
+            nativeio.fdatasync(fd)
+        finally:
+            os.close(fd)
+        joined = replace(final, offset=position, length=position)
+        if final.length is None:    # partials with deferred lengths: now it is known
+            self._write_info(joined)
+        return joined
+
+    def _tombstone(self, upload_id: str) -> Path:
+        return self.directory / EXPIRED_DIR / upload_id[:2] / upload_id
+
+    def _expire(self, info: UploadInfo) -> None:
+        tombstone = self._tombstone(info.id)
+        tombstone.parent.mkdir(parents=True, exist_ok=True)
+        tombstone.touch()
+        self._terminate(info)
+
+    def _prune_tombstones(self, older_than: float) -> int:
+        pruned = 0
+        for tombstone in (self.directory / EXPIRED_DIR).glob("*/*"):
+            try:
+                if tombstone.stat().st_mtime < older_than:
+                    tombstone.unlink()
+                    pruned += 1
+            except FileNotFoundError:
+                pass
+        return pruned
+
+    def _finals_path(self, partial_id: str) -> Path:
+        return self.directory / FINALS_DIR / partial_id
+
+    def _register_final(self, final: UploadInfo) -> None:
+        (self.directory / FINALS_DIR).mkdir(exist_ok=True)
+        for partial_id in set(final.partials):
+            # One short O_APPEND write per line: concurrent registrations never interleave.
+            fd = os.open(self._finals_path(partial_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, final.id.encode() + b"\n")
+            finally:
+                os.close(fd)
+
+    def _finals_waiting_for(self, partial_id: str) -> list[str]:
+        try:
+            lines = self._finals_path(partial_id).read_text().split()
+        except FileNotFoundError:
+            return []
+        return [line for line in dict.fromkeys(lines) if is_valid_upload_id(line)]
+
+    def _list_upload_ids(self) -> list[str]:
+        found = []
+        for folder, subdirs, files in os.walk(self.directory):
+            subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+            found += [name[:-5] for name in files if name.endswith(".info") and is_valid_upload_id(name[:-5])]
+        return found
+
     def _data_path(self, info: UploadInfo) -> str:
         return info.storage["Path"]
+
+
+def _write_marker(marker: str, offset: int) -> None:
+    with open(marker, "w") as stream:
+        stream.write(str(offset))
+
+
+def _recover_staged(data_path: str) -> None:
+    """A staged write that never committed (the process died): cut the data back."""
+    marker = data_path + STAGED_SUFFIX
+    try:
+        with open(marker) as stream:
+            offset = int(stream.read().strip() or "0")
+    except FileNotFoundError:
+        return
+    except ValueError:
+        offset = 0
+    if os.stat(data_path).st_size > offset:
+        os.truncate(data_path, offset)
+    os.unlink(marker)
 
 
 def _encode_info(info: UploadInfo) -> bytes:
@@ -181,11 +339,11 @@ def _encode_info(info: UploadInfo) -> bytes:
         "SizeIsDeferred": info.length is None,
         "Offset": info.offset,
         "MetaData": {key: value.decode("utf-8", "replace") for key, value in info.metadata.items()},
-        "IsPartial": False,
-        "IsFinal": False,
-        "PartialUploads": None,
+        "IsPartial": info.is_partial,
+        "IsFinal": info.is_final,
+        "PartialUploads": list(info.partials) or None,
         "Storage": info.storage,
-        "Tusfast": {"MetaDataHeader": info.metadata_header, "CreatedAt": info.created_at},
+        "Tusfast": {"MetaDataHeader": info.metadata_header, "CreatedAt": info.created_at, "Concat": info.concat},
     }
     return json.dumps(document, separators=(",", ":")).encode()
 
@@ -200,7 +358,11 @@ def _decode_info(raw: bytes, upload_id: str) -> UploadInfo:
         length = None if document.get("SizeIsDeferred") else int(document["Size"])
         if document["ID"] != upload_id or (length is not None and length < 0):
             raise ValueError("info does not describe this upload")
+        partials = tuple(str(item) for item in document.get("PartialUploads") or ())
+        if not all(is_valid_upload_id(item) for item in partials):
+            raise ValueError("invalid partial upload ids")
+        concat = extra.get("Concat") or ("partial" if document.get("IsPartial") else None)
         return UploadInfo(upload_id, length, 0, metadata, header, float(extra.get("CreatedAt") or 0.0),
-                          dict(document.get("Storage") or {}))
+                          dict(document.get("Storage") or {}), concat=concat, partials=partials)
     except Exception as exc:    # any defect in one info file is that upload's problem only
         raise UploadCorrupt(f"info file of upload {upload_id} is unreadable: {exc}") from None
