@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import h11
@@ -12,7 +13,8 @@ import h11
 from .body import BodyTimeout, ClientDisconnected, MalformedBody
 from .exchange import BadFraming, Exchange, reason_phrase
 from .flow import FlowControl
-from .messages import HttpResponse
+from .messages import FileBody, HttpResponse
+from .sendfile import send_file
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -38,6 +40,7 @@ class HttpConnection(asyncio.Protocol):
         self._linger_until: float | None = None
         self._closing = False
         self._eof = False
+        self._sending_file = False          # the send has its own timeout
         self._scheme = "http"
         self._client = ""
 
@@ -151,22 +154,30 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error serving %s %s", exchange.request.method, exchange.request.target)
             response = HttpResponse(500, [("Content-Type", "text/plain")], b"internal server error\n")
-        if self._transport is None or self._transport.is_closing():
-            return
-        self._respond(exchange, response)
+        try:
+            if self._transport is not None and not self._transport.is_closing():
+                await self._respond(exchange, response)
+        finally:
+            if response.file is not None:
+                os.close(response.file.fd)
 
-    def _respond(self, exchange: Exchange, response: HttpResponse) -> None:
+    async def _respond(self, exchange: Exchange, response: HttpResponse) -> None:
         assert self._transport is not None
         unread = exchange.unread_body()
         drain = unread is not None and unread <= self._limits.drain_limit and not exchange.body.continue_pending
         close = self._closing or not (unread == 0 or drain)
         try:
-            data = exchange.encode_response(response, self._state.default_headers, close)
+            parts = exchange.encode_response(response, self._state.default_headers, close)
         except h11.LocalProtocolError:
             log.exception("invalid response %s for %s", response.status, exchange.request.target)
             self._transport.abort()
             return
-        self._transport.write(data)
+        for part in parts:
+            if isinstance(part, FileBody):
+                if not await self._send_file(part):
+                    return
+            else:
+                self._transport.write(part)
         if exchange.body.complete:
             self._next(exchange)
         elif drain:
@@ -176,6 +187,20 @@ class HttpConnection(asyncio.Protocol):
             self._flow.resume_reading()     # read the rest of the body and drop it
         else:
             self._linger()
+
+    async def _send_file(self, body: FileBody) -> bool:
+        assert self._transport is not None and self._flow is not None
+        self._sending_file = True
+        try:
+            await send_file(self._transport, self._flow, body, self._limits.body_timeout)
+            return True
+        except (OSError, TimeoutError) as exc:
+            log.debug("download to %s ended early: %s", self._client, exc)
+            self._transport.abort()
+            return False
+        finally:
+            self._sending_file = False
+            self._last_activity = self._loop.time()
 
     def _discard(self, exchange: Exchange, data: bytes) -> None:
         """After an early reply: drop body bytes until the body ends, then serve what follows."""
@@ -238,7 +263,7 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(408, "request head took too long")
             elif now - self._last_activity > limits.idle_timeout:
                 self._transport.close()
-        elif now - self._last_activity <= limits.body_timeout:
+        elif now - self._last_activity <= limits.body_timeout or self._sending_file:
             return
         elif exchange.responded:        # discarding the rest of a body, which stopped coming
             self._transport.close()

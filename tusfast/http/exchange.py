@@ -10,7 +10,7 @@ import h11
 
 from .body import ChunkedDecoder, ContentLengthDecoder, Decoder, RequestBody
 from .flow import FlowControl
-from .messages import Headers, HttpRequest, HttpResponse
+from .messages import FileBody, Headers, HttpRequest, HttpResponse
 
 
 class BadFraming(Exception):
@@ -64,7 +64,8 @@ class Exchange:
     def body(self) -> RequestBody:
         return self.request.body
 
-    def encode_response(self, response: HttpResponse, extra_headers: Headers, close: bool) -> bytes:
+    def encode_response(self, response: HttpResponse, extra_headers: Headers,
+                        close: bool) -> list[bytes | FileBody]:
         """Frame the response for the method on the wire: a HEAD reply keeps the application's
         Content-Length (it describes a GET) and sends no body; any other reply's Content-Length is
         its body's length, whatever the application thought (e.g. a POST overridden to HEAD)."""
@@ -73,16 +74,18 @@ class Exchange:
         if not is_head:
             headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
             if response.status not in NO_BODY_STATUSES:
-                headers.append(("Content-Length", str(len(response.body))))
+                headers.append(("Content-Length", str(response.body_length)))
         if close:
             headers.append(("Connection", "close"))
-        out = self.parser.send(h11.Response(status_code=response.status, headers=headers,
-                                            reason=reason_phrase(response.status)))
-        if response.body and not is_head:
-            out += self.parser.send(h11.Data(data=response.body))
-        out += self.parser.send(h11.EndOfMessage())
+        out: list[bytes | FileBody] = [self.parser.send(h11.Response(
+            status_code=response.status, headers=headers, reason=reason_phrase(response.status)))]
+        if not is_head and response.body_length:
+            data = response.file if response.file is not None else response.body
+            # h11 frames the FileBody by its length and hands it back untouched, for sendfile.
+            out += self.parser.send_with_data_passthrough(h11.Data(data=data)) or []  # type: ignore[arg-type]
+        out.append(self.parser.send(h11.EndOfMessage()))
         self.responded = True
-        return out
+        return [part for part in out if part]
 
     @property
     def keep_alive(self) -> bool:

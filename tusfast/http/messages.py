@@ -27,10 +27,26 @@ class HttpRequest:
 
 
 @dataclass
+class FileBody:
+    """A response body sent from a file by sendfile(2). The server closes `fd` when done."""
+    fd: int
+    offset: int
+    count: int
+
+    def __len__(self) -> int:      # h11's data passthrough frames the body by its length
+        return self.count
+
+
+@dataclass
 class HttpResponse:
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
+    file: FileBody | None = None
+
+    @property
+    def body_length(self) -> int:
+        return self.file.count if self.file is not None else len(self.body)
 
 
 App = Callable[[HttpRequest], Awaitable[HttpResponse]]
