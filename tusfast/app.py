@@ -16,13 +16,14 @@ from types import TracebackType
 from ._version import __version__
 from .config import Config
 from .core.headers import TUS_VERSION
-from .core.protocol import ProtocolSettings
+from .core.protocol import DOWNLOAD, REQUIRES, ProtocolSettings
 from .handler import TusHandler
 from .hooks import Hooks
 from .http.limits import HttpLimits
 from .http.server import HttpServer, bind_tcp, bind_unix
 from .locking import FileLocker, Locker, MemoryLocker
 from .storage import FileStorage, Storage, supports
+from .sweeper import ExpirySweeper
 
 log = logging.getLogger("tusfast")
 
@@ -37,6 +38,7 @@ class TusServer:
         self.hooks = hooks
         self._sock = sock
         self._http: HttpServer | None = None
+        self._sweeper: ExpirySweeper | None = None
         self._closed = asyncio.Event()
 
     def _default_locker(self) -> Locker:
@@ -47,9 +49,11 @@ class TusServer:
 
     def protocol_settings(self) -> ProtocolSettings:
         config = self.config
-        extensions = tuple(name for name in config.extensions if supports(self.storage, name))
-        return ProtocolSettings(config.base_path, config.max_size, extensions, config.public_url,
-                                config.behind_proxy)
+        extensions = [name for name in config.extensions if supports(self.storage, name)]
+        extensions = [name for name in extensions if REQUIRES.get(name, name) in extensions]
+        return ProtocolSettings(config.base_path, config.max_size, tuple(extensions), config.public_url,
+                                config.behind_proxy, config.expire_after if "expiration" in extensions else None,
+                                not config.disable_download and supports(self.storage, DOWNLOAD))
 
     def http_limits(self) -> HttpLimits:
         config = self.config
@@ -60,10 +64,13 @@ class TusServer:
     async def start(self) -> None:
         if isinstance(self.storage, FileStorage):
             self.storage.prepare()
-        handler = TusHandler(self.protocol_settings(), self.storage, self.locker, self.hooks,
-                             self.config.cors_origins)
+        settings = self.protocol_settings()
+        handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins)
         self._http = HttpServer(handler, self.http_limits(), [("Tus-Resumable", TUS_VERSION)], self._tls())
         await self._http.listen(self._sock or self._bind())
+        if settings.enabled("expiration"):
+            self._sweeper = ExpirySweeper(self.storage, self.locker, settings)
+            self._sweeper.start()
         log.info("tusfast %s listening on %s (storage: %s)", __version__, self.url, _describe(self.storage))
 
     def _bind(self) -> socket.socket:
@@ -99,6 +106,9 @@ class TusServer:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting; let requests in flight finish up to `timeout` seconds; close the rest."""
+        if self._sweeper is not None:
+            await self._sweeper.stop()
+            self._sweeper = None
         if self._http is not None:
             await self._http.stop(timeout)
             self._http = None

@@ -14,8 +14,9 @@ from typing import Any, Callable, Sequence
 
 from ._version import __version__
 from .app import TusServer
-from .config import Config, parse_duration, parse_size
+from .config import Config, parse_duration, parse_optional_duration, parse_size
 from .core.protocol import ALL_EXTENSIONS
+from .sweeper import ExpirySweeper
 
 ENV_PREFIX = "TUSFAST_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -66,20 +67,30 @@ OPTIONS = [
            parse_duration),
     Option("--max-connections", "max_connections", "connections per process (default 10000)", int),
     Option("--max-head-size", "max_head_size", "largest request head, e.g. 64K (default)", parse_size),
+    Option("--expire-after", "expire_after", "remove unfinished uploads this long after their last write; "
+           "0 or off to keep them (default 7d)", parse_optional_duration),
+    Option("--disable-download", "disable_download", "answer GET on uploads with 405", None),
 ]
 DISABLE_OPTIONS = [Option(f"--disable-{name}", name, f"turn off the {name} extension", None)
                    for name in ALL_EXTENSIONS]
+
+
+CLEANUP_OPTIONS = [option for option in OPTIONS
+                   if option.field in ("upload_dir", "dir_layout", "expire_after", "log_level", "lock_timeout")]
+ENV_EPILOG = "Every flag can also be set as an environment variable, e.g. --max-size as TUSFAST_MAX_SIZE."
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tusfast", description="A fast, dependable tus 1.0 upload server.")
     parser.add_argument("--version", action="version", version=f"tusfast {__version__}")
     commands = parser.add_subparsers(dest="command")
-    serve = commands.add_parser("serve", help="run the server",
-                                epilog="Every flag can also be set as an environment variable, "
-                                       "e.g. --max-size as TUSFAST_MAX_SIZE.")
+    serve = commands.add_parser("serve", help="run the server", epilog=ENV_EPILOG)
     for option in OPTIONS + DISABLE_OPTIONS:
         _add(serve, option)
+    cleanup = commands.add_parser("cleanup", help="remove expired unfinished uploads once (for cron)",
+                                  epilog=ENV_EPILOG)
+    for option in CLEANUP_OPTIONS:
+        _add(cleanup, option)
     return parser
 
 
@@ -115,14 +126,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values = {option.field: getattr(args, option.flag.lstrip("-").replace("-", "_"))
               for option in OPTIONS if hasattr(args, option.flag.lstrip("-").replace("-", "_"))}
     values["disabled_extensions"] = tuple(option.field for option in DISABLE_OPTIONS
-                                          if getattr(args, option.flag.lstrip("-").replace("-", "_")))
+                                          if getattr(args, option.flag.lstrip("-").replace("-", "_"), False))
     return Config(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "serve":
+    if args.command not in ("serve", "cleanup"):
         parser.print_help()
         return 2
     try:
@@ -130,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     configure_logging(config.log_level)
+    if args.command == "cleanup":
+        return cleanup(config)
     if config.workers > 1:
         from .workers import run_workers
         return run_workers(config)
@@ -151,6 +164,22 @@ def run(config: Config, sock: Any = None) -> int:
     except OSError as exc:      # port in use, directory not writable: say so, no traceback
         logging.getLogger("tusfast").error("cannot start: %s", exc)
         return 1
+    return 0
+
+
+def cleanup(config: Config) -> int:
+    """One expiry sweep over the upload directory; safe next to a running server (lock files)."""
+    if not config.expire_after:
+        print("tusfast cleanup: expiration is off (--expire-after 0); nothing to do")
+        return 0
+
+    async def sweep() -> int:
+        server = TusServer(config)
+        sweeper = ExpirySweeper(server.storage, server.locker, server.protocol_settings())
+        return await sweeper.sweep_once()
+
+    removed = asyncio.run(sweep())
+    print(f"tusfast cleanup: removed {removed} expired upload(s) from {config.upload_dir}")
     return 0
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .core.protocol import ALL_EXTENSIONS
+from .core.protocol import ALL_EXTENSIONS, REQUIRES
 from .storage.layout import DirLayout
 
 _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
@@ -22,6 +22,13 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"invalid size {text!r} (examples: 1048576, 100M, 2GiB)")
     return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def parse_optional_duration(text: str) -> float | None:
+    """A duration, or `0` / `off` / `never` for none."""
+    if text.strip().lower() in ("", "0", "off", "never", "none"):
+        return None
+    return parse_duration(text)
 
 
 def parse_duration(text: str) -> float:
@@ -49,6 +56,8 @@ class Config:
     tls_key: str | None = None
     log_level: str = "info"
     disabled_extensions: tuple[str, ...] = ()
+    expire_after: float | None = 7 * 86400.0
+    disable_download: bool = False
     idle_timeout: float = 75.0
     read_timeout: float = 60.0
     head_timeout: float = 30.0
@@ -86,10 +95,12 @@ class Config:
 
     @property
     def extensions(self) -> tuple[str, ...]:
+        """The enabled extensions; turning one off also turns off those built on it."""
         disabled = set(self.disabled_extensions)
-        if "creation" in disabled:
-            disabled.add("creation-with-upload")
-        return tuple(name for name in ALL_EXTENSIONS if name not in disabled)
+        if not self.expire_after:
+            disabled.add("expiration")
+        enabled = [name for name in ALL_EXTENSIONS if name not in disabled]
+        return tuple(name for name in enabled if REQUIRES.get(name, name) in enabled)
 
 
 CONFIG_FIELDS = {item.name for item in fields(Config)}

@@ -6,27 +6,34 @@ turned into a response in exactly one place, `TusHandler.__call__`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from .core import protocol as tus
 from .core.cors import cors_headers
+from .core.checksum import Checksum
+from .core.download import plan_download
 from .core.errors import ErrorKind, TusError
+from .core.headers import parse_checksum
 from .core.model import UploadInfo
-from .core.protocol import Append, AppendPlan, Create, GetOffset, Options, Reply, RequestHead, Terminate
+from .core.protocol import (Append, AppendPlan, Create, Download, GetOffset, Options, Reply, RequestHead,
+                            Terminate)
 from .hooks import HookContext, HookEvent, HookRejected, HookRequest, Hooks, NoHooks
 from .http.body import Buffer, BodyAborted, BodyError, BodyTimeout, ClientDisconnected, MalformedBody, RequestBody
-from .http.messages import HttpRequest, HttpResponse
+from .http.messages import FileBody, HttpRequest, HttpResponse
 from .locking import Locker, LockTimeout
-from .storage import (LengthDeferrable, Storage, StorageFull, StorageUnavailable, Terminatable, UploadCorrupt,
-                      UploadNotFound, UploadWriter)
+from .storage import (Concatenatable, LengthDeferrable, Readable, Storage, StorageFull, StorageUnavailable,
+                      Terminatable, UploadCorrupt, UploadGone, UploadNotFound, UploadWriter)
 
 log = logging.getLogger("tusfast")
 
 STORAGE_ERRORS: dict[type[Exception], ErrorKind] = {
+    UploadGone: ErrorKind.GONE,
     UploadNotFound: ErrorKind.NOT_FOUND,
     UploadCorrupt: ErrorKind.UPLOAD_CORRUPT,
     StorageFull: ErrorKind.STORAGE_FULL,
@@ -45,6 +52,11 @@ def new_upload_id() -> str:
     return secrets.token_hex(16)
 
 
+@dataclass
+class FileReply(Reply):
+    file: FileBody | None = None
+
+
 class TusHandler:
     def __init__(self, settings: tus.ProtocolSettings, storage: Storage, locker: Locker,
                  hooks: Hooks | None = None, cors_origins: tuple[str, ...] = ("*",),
@@ -57,7 +69,7 @@ class TusHandler:
         self._new_id = new_id
         self._verbs: dict[type, Callable[..., Awaitable[Reply]]] = {
             Options: self._options, Create: self._create, GetOffset: self._get_offset,
-            Append: self._append, Terminate: self._terminate,
+            Append: self._append, Terminate: self._terminate, Download: self._download,
         }
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -72,7 +84,8 @@ class TusHandler:
             reply = Reply(rejection.status, [*rejection.headers, ("Content-Type", "text/plain; charset=utf-8")],
                           rejection.body.encode())
         except tuple(STORAGE_ERRORS) as error:
-            log.warning("%s %s: %s", request.method, request.target, error)
+            if not isinstance(error, UploadNotFound):
+                log.warning("%s %s: %s", request.method, request.target, error)
             reply = tus.error_reply(TusError(STORAGE_ERRORS[type(error)]))
         return self._respond(reply, request)
 
@@ -80,7 +93,8 @@ class TusHandler:
         if self._cors_origins:
             headers = dict(request.headers)     # may hold repeats; CORS only needs Origin
             reply.headers += cors_headers(headers, self._cors_origins, request.method)
-        return HttpResponse(reply.status, reply.headers, reply.body)
+        file = reply.file if isinstance(reply, FileReply) else None
+        return HttpResponse(reply.status, reply.headers, reply.body, file)
 
     # ---- verbs ------------------------------------------------------------------------------
 
@@ -88,8 +102,11 @@ class TusHandler:
         return tus.options_reply(self.settings)
 
     async def _create(self, intent: Create, head: RequestHead, request: HttpRequest) -> Reply:
+        if intent.partials:
+            return await self._create_final(intent, head, request)
+        now = time.time()
         info = UploadInfo(self._new_id(), intent.length, 0, intent.metadata, intent.metadata_header,
-                          created_at=time.time())
+                          created_at=now, updated_at=now, concat=intent.concat)
         location = tus.upload_url(head, self.settings, info.id)
         await self._hook(HookEvent.PRE_CREATE, info, request)
         async with self._locked(info.id, request.body.abort):
@@ -97,25 +114,92 @@ class TusHandler:
             log.info("upload created id=%s length=%s", info.id, info.length)
             await self._hook(HookEvent.POST_CREATE, info, request)
             if head.has_body:
-                plan = tus.plan_append(Append(info.id, 0, body_size=intent.body_size), info, self.settings)
-                info = await self._receive(info, plan, request)
+                append = Append(info.id, 0, None, intent.body_size, intent.checksum, intent.trailer_checksum)
+                info = await self._receive_new(info, append, request)
             elif info.is_complete:
                 await self._finished(info, request)
-        return tus.created_reply(info, location)
+        return tus.created_reply(info, location, self.settings)
+
+    async def _receive_new(self, info: UploadInfo, append: Append, request: HttpRequest) -> UploadInfo:
+        """creation-with-upload: a body that fails its checksum leaves no orphan upload behind."""
+        try:
+            return await self._receive(info, tus.plan_append(append, info, self.settings), append, request)
+        except TusError as error:
+            if error.kind is ErrorKind.CHECKSUM_MISMATCH and isinstance(self._storage, Terminatable):
+                await self._storage.terminate(info)
+            raise
+
+    async def _create_final(self, intent: Create, head: RequestHead, request: HttpRequest) -> Reply:
+        partials = await self._partials(intent.partials)
+        now = time.time()
+        info = UploadInfo(self._new_id(), tus.plan_final(partials, self.settings), 0, intent.metadata,
+                          intent.metadata_header, created_at=now, updated_at=now, concat=intent.concat,
+                          partials=intent.partials)
+        location = tus.upload_url(head, self.settings, info.id)
+        await self._hook(HookEvent.PRE_CREATE, info, request)
+        async with self._locked(info.id, _ignore):
+            info = await self._storage.create(info)
+            log.info("final upload created id=%s from %d partials", info.id, len(partials))
+            await self._hook(HookEvent.POST_CREATE, info, request)
+            if not all(partial.is_complete for partial in partials):
+                await self._concatenator().register_final(info)     # first register, then re-check:
+            info = await self._join_if_ready(info, request)          # no partial can slip between
+        return tus.created_reply(info, location, self.settings)
+
+    async def _partials(self, partial_ids: Sequence[str]) -> list[UploadInfo]:
+        try:
+            return [await self._storage.get_info(partial_id) for partial_id in partial_ids]
+        except UploadNotFound as missing:
+            raise TusError(ErrorKind.INVALID_PARTIAL, f"partial upload {missing} does not exist") from None
+
+    async def _join_if_ready(self, final: UploadInfo, request: HttpRequest) -> UploadInfo:
+        """Join a final upload once every partial is finished (call with the final's lock held)."""
+        if final.is_complete:
+            return final
+        try:
+            partials = await self._partials(final.partials)
+        except TusError:
+            return final        # a partial was deleted: the final can never complete
+        if not all(partial.is_complete and partial.is_partial for partial in partials):
+            return final
+        final = await self._concatenator().concatenate(final, partials)
+        await self._finished(final, request)
+        return final
+
+    def _concatenator(self) -> Concatenatable:
+        assert isinstance(self._storage, Concatenatable)     # the extension is on only if it is
+        return self._storage
 
     async def _get_offset(self, intent: GetOffset, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, _ignore):
-            info = await self._storage.get_info(intent.upload_id)
-        return tus.head_reply(info)
+            info = await self._live_info(intent.upload_id)
+            if info.is_final:   # also finishes a join that a crash interrupted
+                info = await self._join_if_ready(info, request)
+        return tus.head_reply(info, self.settings)
+
+    async def _live_info(self, upload_id: str) -> UploadInfo:
+        info = await self._storage.get_info(upload_id)
+        tus.check_not_expired(info, self.settings, time.time())
+        return info
 
     async def _append(self, intent: Append, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, request.body.abort):
-            info = await self._storage.get_info(intent.upload_id)
+            info = await self._live_info(intent.upload_id)
             plan = tus.plan_append(intent, info, self.settings)
             if plan.new_length is not None:
                 info = await self._declare_length(info, plan.new_length)
-            info = await self._receive(info, plan, request)
-        return tus.append_reply(info)
+            info = await self._receive(info, plan, intent, request)
+        return tus.append_reply(info, self.settings)
+
+    async def _download(self, intent: Download, head: RequestHead, request: HttpRequest) -> Reply:
+        # No lock: a finished upload never changes, and a download must not interrupt an upload.
+        info = await self._storage.get_info(intent.upload_id)
+        plan = plan_download(intent, info)
+        if plan.status == 304:
+            return Reply(304, plan.headers)
+        assert isinstance(self._storage, Readable)        # downloads are on only if it is
+        fd = await self._storage.open_file(info)
+        return FileReply(plan.status, plan.headers, file=FileBody(fd, plan.start, plan.count))
 
     async def _terminate(self, intent: Terminate, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, _ignore):
@@ -144,21 +228,34 @@ class TusHandler:
         assert isinstance(self._storage, LengthDeferrable)    # deferring needs the extension
         return await self._storage.declare_length(info, length)
 
-    async def _receive(self, info: UploadInfo, plan: AppendPlan, request: HttpRequest) -> UploadInfo:
-        """Stream the body into storage. Whatever happens, every byte received is written and the
-        offset reported reflects it; an error is raised only after that."""
-        writer = await self._storage.open_writer(info)
+    async def _receive(self, info: UploadInfo, plan: AppendPlan, intent: Append, request: HttpRequest) -> UploadInfo:
+        """Stream the body into storage. Without a checksum, every byte received is kept and the
+        offset reported reflects it, whatever happens. With one, the bytes count only once the
+        digest matched; otherwise the upload stays exactly as it was (checklist item 65)."""
+        checksum = tus.new_checksum(intent.checksum)
+        staged = checksum is not None or intent.trailer_checksum
+        writer = await self._storage.open_writer(info, staged=staged)
         progress = _Progress(info.offset)
         try:
-            await self._pump(writer, progress, plan, request.body)
+            await self._pump(writer, progress, plan, request.body, checksum)
+            try:
+                await self._verify(info, progress, request, checksum)
+            except TusError:
+                if not staged:      # an undeclared trailer failed: cut the chunk off again
+                    await writer.truncate(info.offset)
+                    progress.kept = info.offset
+                raise
+            await writer.commit()
+            progress.kept = progress.offset
         finally:
-            info = info.with_offset(progress.offset)
+            info = replace(info, offset=progress.kept, updated_at=time.time())
             await writer.close(durable=info.is_complete)
         if info.is_complete:
             await self._finished(info, request)
         return info
 
-    async def _pump(self, writer: UploadWriter, progress: "_Progress", plan: AppendPlan, body: RequestBody) -> None:
+    async def _pump(self, writer: UploadWriter, progress: "_Progress", plan: AppendPlan, body: RequestBody,
+                    checksum: Checksum | None) -> None:
         end = None if plan.limit is None else progress.offset + plan.limit
         while True:
             try:
@@ -169,21 +266,58 @@ class TusHandler:
                 return
             size = sum(len(chunk) for chunk in chunks)
             if end is not None and progress.offset + size > end:
-                await self._write(writer, progress, _truncate(chunks, end - progress.offset))
+                await self._write(writer, progress, _truncate(chunks, end - progress.offset), checksum)
                 body.abort()
                 raise TusError(plan.limit_error, headers=progress.header())
-            await self._write(writer, progress, chunks)
+            await self._write(writer, progress, chunks, checksum)
 
-    async def _write(self, writer: UploadWriter, progress: "_Progress", chunks: list[Buffer]) -> None:
+    async def _write(self, writer: UploadWriter, progress: "_Progress", chunks: list[Buffer],
+                     checksum: Checksum | None) -> None:
         try:
-            await writer.write(progress.offset, chunks)
+            if checksum is None:
+                await writer.write(progress.offset, chunks)
+            else:   # hash in a second thread while the first writes (hashlib drops the GIL)
+                await asyncio.gather(writer.write(progress.offset, chunks), asyncio.to_thread(checksum.update, chunks))
         except StorageFull:
             raise TusError(ErrorKind.STORAGE_FULL, headers=progress.header()) from None
         progress.offset += sum(len(chunk) for chunk in chunks)
+        if checksum is None:
+            progress.kept = progress.offset
+
+    async def _verify(self, info: UploadInfo, progress: "_Progress", request: HttpRequest,
+                      checksum: Checksum | None) -> None:
+        """Check the digest from the header, or from a trailer (then read back what was staged)."""
+        unchanged = [("Upload-Offset", str(info.offset))]
+        if checksum is None:
+            trailer = dict(request.body.trailers).get("upload-checksum")
+            if trailer is None or not self.settings.enabled("checksum-trailer"):
+                return
+            try:
+                checksum = Checksum(*parse_checksum(trailer))
+            except TusError as error:
+                raise TusError(error.kind, error.message, [*error.headers, *unchanged]) from None
+            assert isinstance(self._storage, Readable)      # checksum-trailer is on only if it is
+            async for chunk in self._storage.read_range(info, info.offset, progress.offset):
+                await asyncio.to_thread(checksum.update, [chunk])
+        if not checksum.matches():
+            raise TusError(ErrorKind.CHECKSUM_MISMATCH, headers=unchanged)
 
     async def _finished(self, info: UploadInfo, request: HttpRequest) -> None:
         log.info("upload finished id=%s size=%d", info.id, info.offset)
-        await self._hook(HookEvent.POST_FINISH, info, request)
+        if info.is_partial:     # partials are not processed on their own (checklist item 76)
+            await self._join_waiting_finals(info.id, request)
+        else:
+            await self._hook(HookEvent.POST_FINISH, info, request)
+
+    async def _join_waiting_finals(self, partial_id: str, request: HttpRequest) -> None:
+        if not isinstance(self._storage, Concatenatable):
+            return
+        for final_id in await self._storage.finals_waiting_for(partial_id):
+            try:
+                async with self._locked(final_id, _ignore):
+                    await self._join_if_ready(await self._storage.get_info(final_id), request)
+            except (UploadNotFound, TusError) as error:
+                log.warning("could not join final upload %s: %s", final_id, error)
 
     async def _hook(self, event: HookEvent, info: UploadInfo, request: HttpRequest) -> None:
         if isinstance(self._hooks, NoHooks):
@@ -194,10 +328,11 @@ class TusHandler:
 
 class _Progress:
     def __init__(self, offset: int) -> None:
-        self.offset = offset
+        self.offset = offset    # written
+        self.kept = offset      # written and final: what the upload's offset becomes
 
     def header(self) -> list[tuple[str, str]]:
-        return [("Upload-Offset", str(self.offset))]
+        return [("Upload-Offset", str(self.kept))]
 
 
 def _truncate(chunks: list[Buffer], size: int) -> list[Buffer]:
