@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from .rawhttp import (OCTET, TIMEOUT, TUS, UPLOAD_ID, RawConnection, chunked, create, head, offset_of, patch,
                       path_of, upload_id)
 
-EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination"
+EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,checksum,checksum-trailer,"
+              "termination,concatenation,concatenation-unfinished")
 TOO_BIG = str(2 ** 63)               # one past the largest signed 64-bit integer
 HUGE = "9" * 30
 
@@ -122,7 +123,7 @@ def test_options_on_upload_url(server) -> None:
 def test_disabled_termination_not_announced_and_not_served(start_server) -> None:
     server = start_server("--disable-termination")
     response = requests.options(server.url, timeout=TIMEOUT)
-    assert response.headers["Tus-Extension"] == "creation,creation-with-upload,creation-defer-length"
+    assert response.headers["Tus-Extension"] == EXTENSIONS.replace(",termination", "")
     url = create(server.url, 5)
     response = requests.delete(url, headers=TUS, timeout=TIMEOUT)
     assert 400 <= response.status_code < 500 and response.status_code != 404, response.status_code
