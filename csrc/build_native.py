@@ -20,6 +20,8 @@ ssize_t tf_pwrite_all(int fd, const char *buf, size_t len, int64_t offset);
 ssize_t tf_pwritev_all(int fd, struct iovec *iov, int iovcnt, int64_t offset);
 int tf_fdatasync(int fd);
 int tf_write_back(int fd, int64_t offset, int64_t length);
+int64_t tf_copy_range(int src_fd, int64_t src_off, int dst_fd, int64_t dst_off, int64_t len);
+int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
 """
 
 CFLAGS = ["-O2", "-Wall", "-Wextra"]

@@ -1,5 +1,6 @@
-/* Must precede every system header: sync_file_range is a GNU extension and
- * off_t has to be 64 bits on 32-bit platforms too. */
+/* Must precede every system header: sync_file_range and copy_file_range
+ * (glibc >= 2.27) are GNU extensions and off_t has to be 64 bits on 32-bit
+ * platforms too. */
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64
 
@@ -8,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 #ifndef IOV_MAX
@@ -127,4 +129,47 @@ int tf_write_back(int fd, int64_t offset, int64_t length)
     }
 #endif
     return rc;
+}
+
+int64_t tf_copy_range(int src_fd, int64_t src_off, int dst_fd, int64_t dst_off, int64_t len)
+{
+    int64_t done = 0;
+
+    if (src_off < 0 || dst_off < 0 || len < 0)
+        return -EINVAL;
+    while (done < len) {
+        /* copy_file_range advances these, but the loop recomputes them so a
+         * failed call cannot leave them half-updated. */
+        off_t in = (off_t)(src_off + done), out = (off_t)(dst_off + done);
+        int64_t left = len - done;
+        ssize_t n = copy_file_range(src_fd, &in, dst_fd, &out,
+                                    left < (int64_t)SSIZE_MAX ? (size_t)left : (size_t)SSIZE_MAX, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            /* Report the progress; the next call, which copies nothing, reports the error. */
+            return done > 0 ? done : -errno;
+        }
+        if (n == 0)
+            break; /* end of the source */
+        done += n;
+    }
+    return done;
+}
+
+int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count)
+{
+    off_t off = (off_t)offset;
+    ssize_t n;
+
+    if (offset < -1 || count < 0)
+        return -EINVAL;
+    /* Like the zero-length writes above: no syscall, so no error either. */
+    if (count == 0)
+        return 0;
+    do {
+        n = sendfile(out_fd, in_fd, offset < 0 ? NULL : &off,
+                     count < (int64_t)SSIZE_MAX ? (size_t)count : (size_t)SSIZE_MAX);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
 }

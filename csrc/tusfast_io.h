@@ -1,6 +1,7 @@
 /*
  * tusfast_io.h - the small set of blocking file-I/O primitives tusfast needs
- * in C: complete positional writes and page-cache control.
+ * in C: complete positional writes, page-cache control and in-kernel copies
+ * (file to file, file to socket).
  *
  * Conventions: every function returns >= 0 on success or -errno on failure.
  * There is no policy here (which errors to ignore is decided in Python, see
@@ -27,5 +28,15 @@ int tf_fdatasync(int fd);
 
 /* Start write-back of [offset, offset+length) and drop the preceding length bytes from the page cache; returns 0 or the first error. */
 int tf_write_back(int fd, int64_t offset, int64_t length);
+
+/* Copy len bytes from src_fd at src_off to dst_fd at dst_off with copy_file_range (reflinks where the file system can), retrying short copies and EINTR;
+ * offsets must be >= 0 and neither file position moves.  Returns the total, less than len if the source ends first.  An error after some bytes were
+ * copied returns that count, so the error is only reported (as -errno) by a call that copies nothing: calling again from the returned position tells
+ * end of file (0) from an error.  -ENOSYS, -EXDEV, -EINVAL, -EOPNOTSUPP, ... mean "no in-kernel copy here"; the caller falls back to read/write. */
+int64_t tf_copy_range(int src_fd, int64_t src_off, int dst_fd, int64_t dst_off, int64_t len);
+
+/* One sendfile of up to count bytes of in_fd at offset (-1: its file position, which then advances) to out_fd, retrying EINTR only;
+ * returns the bytes sent (0 at end of file), or -EAGAIN if out_fd is non-blocking and full. */
+int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
 
 #endif /* TUSFAST_IO_H */

@@ -1,4 +1,4 @@
-"""Complete positional writes and page-cache control for upload files.
+"""Complete positional writes, page-cache control and in-kernel copies for upload files.
 
 This is the only module that imports the cffi extension ``tusfast._native``.
 Two implementations with identical semantics live here: ``NativeIO`` (C; the
@@ -8,13 +8,21 @@ bound to the native one unless ``TUSFAST_PUREPYTHON=1`` is set or the
 extension cannot be imported.
 
 An ``offset`` of -1 means "the current file position" (write/writev), which
-is what pipes and sockets need; any other negative offset is EINVAL.
+is what pipes and sockets need; any other negative offset is EINVAL.  The
+same holds for sendfile_some's input offset.  copy_range_all is positional
+at both ends: its offsets and length must be >= 0.
+
+copy_range_all copies inside the kernel with copy_file_range(2) (a reflink
+on XFS or btrfs); where the kernel refuses (other file system, old kernel,
+file type) both implementations carry on with the same read/write loop.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -25,9 +33,11 @@ __all__ = [
     "IMPLEMENTATIONS",
     "NativeIO",
     "PurePythonIO",
+    "copy_range_all",
     "fdatasync",
     "pwrite_all",
     "pwritev_all",
+    "sendfile_some",
     "write_back",
 ]
 
@@ -39,6 +49,14 @@ _WRITE_BACK_IGNORED: Final = frozenset({errno.EINVAL, errno.ESPIPE, errno.ENOSYS
 _SYNC_FILE_RANGE_WRITE: Final = 2  # from <linux/fs.h>; not exposed by the os module
 _IOV_MAX: Final = 1024  # Linux's value; os.sysconf may refine it below
 _IOV_CACHE_SIZE: Final = 64  # longer buffer lists get a fresh iovec array per call
+# copy_file_range refusing this pair of files rather than failing: no such
+# syscall (old kernel; seccomp filters may say EPERM), different file systems,
+# a file type or flag it cannot handle.  A real error hidden behind one of these
+# (EPERM on an immutable file, ...) is still raised, by the fallback's read or write.
+_COPY_REFUSED: Final = frozenset(
+    {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
+)
+_COPY_BUFFER_SIZE: Final = 1 << 20  # of the read/write fallback
 
 
 def _oserror(code: int) -> OSError:
@@ -50,6 +68,39 @@ def _oserror(code: int) -> OSError:
 def _check_offset(offset: int) -> None:
     if offset < -1:
         raise _oserror(errno.EINVAL)
+
+
+def _check_copy_range(src_offset: int, dst_offset: int, length: int) -> None:
+    if src_offset < 0 or dst_offset < 0 or length < 0:
+        raise _oserror(errno.EINVAL)
+
+
+def _same_file(fd1: int, fd2: int) -> bool:
+    st1, st2 = os.fstat(fd1), os.fstat(fd2)
+    return (st1.st_dev, st1.st_ino) == (st2.st_dev, st2.st_ino)
+
+
+def _copy_by_reading(
+    src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int, write_all: Callable[[int, Buffer, int], int]
+) -> int:
+    """copy_range_all's fallback: pread/pwrite through a 1 MiB buffer. Returns the bytes copied (fewer at end of source)."""
+    # copy_file_range's rules, for kernels without it: pwrite would ignore the
+    # offset of an O_APPEND file, and a forward loop would re-read what it wrote.
+    if fcntl.fcntl(dst_fd, fcntl.F_GETFL) & os.O_APPEND:
+        raise _oserror(errno.EBADF)
+    overlap = src_offset < dst_offset + length and dst_offset < src_offset + length
+    if overlap and _same_file(src_fd, dst_fd):
+        raise _oserror(errno.EINVAL)
+    view = memoryview(bytearray(min(length, _COPY_BUFFER_SIZE)))
+    done = 0
+    while done < length:
+        # os.preadv retries EINTR itself (PEP 475) and reads into the buffer in place.
+        n = os.preadv(src_fd, [view[: min(len(view), length - done)]], src_offset + done)
+        if n == 0:
+            break  # end of the source
+        write_all(dst_fd, view[:n], dst_offset + done)
+        done += n
+    return done
 
 
 def _iov_max() -> int:
@@ -150,6 +201,48 @@ class PurePythonIO:
         if rc < 0 and -rc not in _WRITE_BACK_IGNORED:
             raise _oserror(-rc)
 
+    @staticmethod
+    def copy_range_all(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> int:
+        """Copy length bytes from src_fd at src_offset to dst_fd at dst_offset, in the kernel where it can (copy_file_range), else by read/write.
+
+        Short copies and EINTR are retried; neither file position moves; ranges of one file must not overlap.
+        Returns the bytes copied: length, or fewer if the source ends first.  Raises OSError (part of the range may be copied).
+        """
+        _check_copy_range(src_offset, dst_offset, length)
+        done = 0
+        while done < length:
+            try:
+                # Retries EINTR itself (PEP 475).
+                n = os.copy_file_range(
+                    src_fd, dst_fd, min(length - done, sys.maxsize), src_offset + done, dst_offset + done
+                )
+            except OSError as exc:
+                if exc.errno not in _COPY_REFUSED:
+                    raise
+                rest = length - done
+                return done + _copy_by_reading(
+                    src_fd, src_offset + done, dst_fd, dst_offset + done, rest, PurePythonIO.pwrite_all
+                )
+            if n == 0:
+                break  # end of the source
+            done += n
+        return done
+
+    @staticmethod
+    def sendfile_some(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        """One sendfile of up to count bytes of in_fd at offset (-1: its file position, which advances) to out_fd, retrying EINTR only.
+
+        Returns the bytes sent: maybe fewer than count, 0 at end of file.  Raises BlockingIOError if out_fd is
+        non-blocking and full (wait until it is writable, then call again), OSError for anything else.
+        """
+        _check_offset(offset)
+        if count < 0:
+            raise _oserror(errno.EINVAL)
+        if count == 0:
+            return 0  # no syscall, like the zero-length writes
+        # Retries EINTR itself (PEP 475); EAGAIN is raised as BlockingIOError.
+        return os.sendfile(out_fd, in_fd, None if offset == -1 else offset, min(count, sys.maxsize))
+
 
 def _native_check(rc: int) -> int:
     if rc < 0:
@@ -228,6 +321,40 @@ class NativeIO:
         if rc < 0 and -rc not in _WRITE_BACK_IGNORED:
             raise _oserror(-rc)
 
+    @staticmethod
+    def copy_range_all(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> int:
+        """Copy length bytes from src_fd at src_offset to dst_fd at dst_offset, in the kernel where it can (copy_file_range), else by read/write.
+
+        Short copies and EINTR are retried; neither file position moves; ranges of one file must not overlap.
+        Returns the bytes copied: length, or fewer if the source ends first.  Raises OSError (part of the range may be copied).
+        """
+        _check_copy_range(src_offset, dst_offset, length)
+        done = 0
+        while done < length:
+            n = _lib.tf_copy_range(src_fd, src_offset + done, dst_fd, dst_offset + done, length - done)
+            if n < 0:
+                if -n not in _COPY_REFUSED:
+                    raise _oserror(-n)
+                rest = length - done
+                return done + _copy_by_reading(
+                    src_fd, src_offset + done, dst_fd, dst_offset + done, rest, NativeIO.pwrite_all
+                )
+            if n == 0:
+                break  # end of the source
+            # A short count is the end of the source or an error after some
+            # progress: the next call, which copies nothing, tells which.
+            done += n
+        return done
+
+    @staticmethod
+    def sendfile_some(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        """One sendfile of up to count bytes of in_fd at offset (-1: its file position, which advances) to out_fd, retrying EINTR only.
+
+        Returns the bytes sent: maybe fewer than count, 0 at end of file.  Raises BlockingIOError if out_fd is
+        non-blocking and full (wait until it is writable, then call again), OSError for anything else.
+        """
+        return _native_check(_lib.tf_sendfile(out_fd, in_fd, offset, count))
+
 
 _Implementation = type[NativeIO] | type[PurePythonIO]
 
@@ -244,3 +371,5 @@ pwrite_all = _active.pwrite_all
 pwritev_all = _active.pwritev_all
 fdatasync = _active.fdatasync
 write_back = _active.write_back
+copy_range_all = _active.copy_range_all
+sendfile_some = _active.sendfile_some

@@ -8,6 +8,7 @@ import fcntl
 import mmap
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -70,6 +71,8 @@ def test_native_extension_is_built_and_used() -> None:
     assert nativeio.pwritev_all is nativeio.NativeIO.pwritev_all
     assert nativeio.fdatasync is nativeio.NativeIO.fdatasync
     assert nativeio.write_back is nativeio.NativeIO.write_back
+    assert nativeio.copy_range_all is nativeio.NativeIO.copy_range_all
+    assert nativeio.sendfile_some is nativeio.NativeIO.sendfile_some
 
 
 def _implementation_in_subprocess(code: str, **env: str) -> str:
@@ -425,3 +428,436 @@ def test_write_back_rejects_negative_ranges(impl: Impl, fd: int) -> None:
         impl.write_back(fd, -1, 10)
     with pytest.raises(ValueError):
         impl.write_back(fd, 0, -10)
+
+
+# --- copy_range_all ----------------------------------------------------------------
+
+
+def open_with(path: Path | str, data: bytes, flags: int = os.O_RDWR) -> int:
+    descriptor = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(descriptor, data)
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    return descriptor
+
+
+@pytest.fixture
+def shm_fd(tmp_path: Path) -> Iterator[int]:
+    """An empty file on another file system than tmp_path, so that copy_file_range between the two fails with EXDEV."""
+    try:
+        descriptor = os.open("/dev/shm", os.O_RDWR | os.O_TMPFILE, 0o600)
+    except OSError as exc:
+        pytest.skip(f"no tmpfs at /dev/shm: {exc}")
+    try:
+        if os.fstat(descriptor).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm and the temporary directory are the same file system")
+        yield descriptor
+    finally:
+        os.close(descriptor)
+
+
+@pytest.fixture
+def count_fallback_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record (offset, size) of every read of the read/write fallback (it is Python code in both implementations)."""
+    reads: list[tuple[int, int]] = []
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        n = real_preadv(fd, buffers, offset)
+        reads.append((offset, n))
+        return n
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    return reads
+
+
+def test_copy_range_all_copies_between_files_at_offsets(impl: Impl, tmp_path: Path) -> None:
+    source = os.urandom(100_000)
+    src = open_with(tmp_path / "src.bin", source)
+    dst = open_with(tmp_path / "dst.bin", b"D" * 50)
+    try:
+        assert impl.copy_range_all(src, 1000, dst, 20, 5000) == 5000
+        assert impl.copy_range_all(src, 0, dst, 10_000, 7) == 7  # beyond the end: leaves a hole
+        assert impl.copy_range_all(src, 99_999, dst, 0, 1) == 1
+        assert read_all(dst) == source[99_999:] + b"D" * 19 + source[1000:6000] + b"\0" * 4980 + source[:7]
+        # Positional: neither file offset moves.
+        assert os.lseek(src, 0, os.SEEK_CUR) == 0
+        assert os.lseek(dst, 0, os.SEEK_CUR) == 0
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_copy_range_all_stops_at_end_of_source(impl: Impl, tmp_path: Path) -> None:
+    source = os.urandom(3000)
+    src = open_with(tmp_path / "src.bin", source)
+    dst = open_with(tmp_path / "dst.bin", b"")
+    try:
+        assert impl.copy_range_all(src, 2900, dst, 0, 500) == 100
+        assert impl.copy_range_all(src, 0, dst, 100, 1 << 40) == 3000
+        assert impl.copy_range_all(src, 3000, dst, 0, 10) == 0  # at the end
+        assert impl.copy_range_all(src, 10_000, dst, 0, 10) == 0  # beyond it
+        assert read_all(dst) == source[2900:] + source
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_copy_range_all_of_nothing_does_nothing(impl: Impl, tmp_path: Path) -> None:
+    src = open_with(tmp_path / "src.bin", b"abc")
+    dst = open_with(tmp_path / "dst.bin", b"")
+    try:
+        assert impl.copy_range_all(src, 0, dst, 100, 0) == 0
+        assert os.fstat(dst).st_size == 0
+    finally:
+        os.close(src)
+        os.close(dst)
+    # No syscall is made, so not even a bad descriptor is noticed.
+    bad = closed_fd(tmp_path)
+    assert impl.copy_range_all(bad, 0, bad, 0, 0) == 0
+
+
+def test_copy_range_all_within_one_file(impl: Impl, fd: int) -> None:
+    os.write(fd, b"0123456789")
+    assert impl.copy_range_all(fd, 0, fd, 10, 10) == 10  # adjacent, not overlapping
+    assert impl.copy_range_all(fd, 15, fd, 2, 3) == 3
+    assert read_all(fd) == b"0156756789" + b"0123456789"
+    # Overlapping ranges: copy_file_range says EINVAL, and the fallback, which
+    # would re-read its own output, refuses them too.
+    for src_offset, dst_offset in ((0, 5), (5, 0), (3, 3)):
+        with pytest.raises(OSError) as info:
+            impl.copy_range_all(fd, src_offset, fd, dst_offset, 10)
+        assert info.value.errno == errno.EINVAL
+    assert read_all(fd) == b"0156756789" + b"0123456789"
+
+
+def test_copy_range_all_falls_back_across_file_systems(
+    impl: Impl, tmp_path: Path, shm_fd: int, count_fallback_reads: list[tuple[int, int]]
+) -> None:
+    source = os.urandom(3 * (1 << 20) + 12_345)  # several rounds of the 1 MiB buffer
+    os.pwrite(shm_fd, source, 0)
+    dst = open_with(tmp_path / "dst.bin", b"")
+    try:
+        with pytest.raises(OSError) as info:  # precondition: a real refusal
+            os.copy_file_range(shm_fd, dst, 10, 0, 0)
+        assert info.value.errno == errno.EXDEV
+        assert impl.copy_range_all(shm_fd, 5, dst, 3, len(source) - 10) == len(source) - 10
+        assert count_fallback_reads[0] == (5, 1 << 20)
+        assert len(count_fallback_reads) == 4
+        assert impl.copy_range_all(shm_fd, 100, dst, 0, 3) == 3
+        end = 3 + len(source) - 10
+        assert impl.copy_range_all(shm_fd, len(source) - 7, dst, end, 100) == 7  # end of source in the fallback
+        assert read_all(dst) == source[100:103] + source[5 : len(source) - 5] + source[-7:]
+        # And the other way round.
+        count_fallback_reads.clear()
+        assert impl.copy_range_all(dst, 0, shm_fd, 1, 2 * len(source)) == end + 7
+        assert count_fallback_reads
+        assert os.pread(shm_fd, end + 8, 0) == source[:1] + read_all(dst)
+        assert os.lseek(dst, 0, os.SEEK_CUR) == 0
+        assert os.lseek(shm_fd, 0, os.SEEK_CUR) == 0
+    finally:
+        os.close(dst)
+
+
+def test_copy_range_all_fallback_reports_real_errors(impl: Impl, tmp_path: Path) -> None:
+    # copy_file_range rejects non-regular files with EINVAL; the fallback then
+    # meets the real error: pread on a pipe, pwrite on a full device.
+    src = open_with(tmp_path / "src.bin", b"x" * 100)
+    rfd, wfd = os.pipe()
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.write(wfd, b"data")
+        cases = [((rfd, 0, src, 0, 4), errno.ESPIPE), ((src, 0, wfd, 0, 4), errno.ESPIPE), ((src, 0, full, 0, 4), errno.ENOSPC)]
+        for args, code in cases:
+            with pytest.raises(OSError) as info:
+                impl.copy_range_all(*args)
+            assert info.value.errno == code
+        assert os.read(rfd, 10) == b"data"  # pread failed without consuming anything
+    finally:
+        for descriptor in (src, rfd, wfd, full):
+            os.close(descriptor)
+
+
+def test_copy_range_all_errors(impl: Impl, tmp_path: Path) -> None:
+    src = open_with(tmp_path / "src.bin", b"x" * 100)
+    read_only = os.open(tmp_path / "src.bin", os.O_RDONLY)
+    append = open_with(tmp_path / "append.bin", b"", os.O_WRONLY | os.O_APPEND)
+    bad = closed_fd(tmp_path)
+    try:
+        cases: list[tuple[tuple[int, int, int, int, int], int]] = [
+            ((bad, 0, src, 200, 10), errno.EBADF),
+            ((src, 0, bad, 0, 10), errno.EBADF),
+            ((src, 0, read_only, 200, 10), errno.EBADF),
+            # pwrite would ignore the offset of an O_APPEND file; copy_file_range refuses it.
+            ((src, 0, append, 0, 10), errno.EBADF),
+            ((src, -1, append, 0, 10), errno.EINVAL),
+            ((src, 0, append, -1, 10), errno.EINVAL),
+            ((src, 0, append, 0, -1), errno.EINVAL),
+        ]
+        for args, code in cases:
+            with pytest.raises(OSError) as info:
+                impl.copy_range_all(*args)
+            assert info.value.errno == code, args
+            assert info.value.strerror == os.strerror(code)
+        assert os.fstat(src).st_size == os.fstat(append).st_size + 100 == 100
+    finally:
+        for descriptor in (src, read_only, append):
+            os.close(descriptor)
+
+
+def simulate_refusal(impl: Impl, monkeypatch: pytest.MonkeyPatch, first: int, code: int) -> list[int]:
+    """Make copy_file_range copy at most `first` bytes, then refuse with `code`, as no file system here does.
+
+    Python: os.copy_file_range is replaced.  Native: _lib is replaced by a proxy
+    whose tf_copy_range returns a short count, then -code, as the C loop would.
+    Returns the number of copy_file_range calls so far (in a list).
+    """
+    calls = [0]
+    if impl is nativeio.PurePythonIO:
+        real_copy = os.copy_file_range
+
+        def copy_file_range(src: int, dst: int, count: int, offset_src: int, offset_dst: int) -> int:
+            calls[0] += 1
+            if calls[0] > 1 or not first:
+                raise OSError(code, os.strerror(code))
+            return real_copy(src, dst, min(count, first), offset_src, offset_dst)
+
+        monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    else:
+        real_lib = nativeio._lib
+
+        class Lib:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_lib, name)
+
+            @staticmethod
+            def tf_copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int) -> int:
+                calls[0] += 1
+                if calls[0] > 1 or not first:
+                    return -code
+                return int(real_lib.tf_copy_range(src, src_off, dst, dst_off, min(length, first)))
+
+        monkeypatch.setattr(nativeio, "_lib", Lib())
+    return calls
+
+
+def test_copy_range_all_continues_with_the_fallback_after_a_partial_copy(
+    impl: Impl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count_fallback_reads: list[tuple[int, int]]
+) -> None:
+    calls = simulate_refusal(impl, monkeypatch, 4096, errno.EXDEV)
+    source = os.urandom(10_000)
+    src = open_with(tmp_path / "src.bin", source)
+    dst = open_with(tmp_path / "dst.bin", b"")
+    try:
+        assert impl.copy_range_all(src, 100, dst, 7, 9000) == 9000
+        assert calls == [2]
+        assert count_fallback_reads == [(4196, 9000 - 4096)]
+        assert read_all(dst) == b"\0" * 7 + source[100:9100]
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_copy_range_all_fallback_keeps_the_kernels_rules(
+    impl: Impl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count_fallback_reads: list[tuple[int, int]]
+) -> None:
+    # As on a kernel without copy_file_range: the fallback itself must refuse
+    # an O_APPEND destination and overlapping ranges of one file.
+    simulate_refusal(impl, monkeypatch, 0, errno.ENOSYS)
+    src = open_with(tmp_path / "src.bin", b"0123456789")
+    append = open_with(tmp_path / "append.bin", b"", os.O_WRONLY | os.O_APPEND)
+    try:
+        for args, code in (((src, 0, append, 0, 5), errno.EBADF), ((src, 0, src, 5, 10), errno.EINVAL)):
+            with pytest.raises(OSError) as info:
+                impl.copy_range_all(*args)
+            assert info.value.errno == code
+        assert not count_fallback_reads
+        assert impl.copy_range_all(src, 0, src, 10, 10) == 10
+        assert count_fallback_reads == [(0, 10)]
+        assert read_all(src) == b"0123456789" * 2
+        assert os.fstat(append).st_size == 0
+    finally:
+        os.close(src)
+        os.close(append)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.integers(0, 5000),
+    copies=st.lists(st.tuples(st.integers(0, 6000), st.integers(0, 6000), st.integers(0, 6000)), max_size=5),
+    across=st.booleans(),
+)
+def test_copy_range_all_agrees_with_a_model(
+    tmp_path: Path, size: int, copies: list[tuple[int, int, int]], across: bool
+) -> None:
+    source = os.urandom(size)
+    for name, impl in nativeio.IMPLEMENTATIONS.items():
+        expected = bytearray()
+        if across and os.path.isdir("/dev/shm"):
+            src = os.open("/dev/shm", os.O_RDWR | os.O_TMPFILE, 0o600)
+            os.write(src, source)
+        else:
+            src = open_with(tmp_path / f"model-src-{name}.bin", source)
+        dst = open_with(tmp_path / f"model-dst-{name}.bin", b"")
+        try:
+            for src_offset, dst_offset, length in copies:
+                data = source[src_offset : src_offset + length]
+                assert impl.copy_range_all(src, src_offset, dst, dst_offset, length) == len(data), name
+                if data:
+                    expected.extend(b"\0" * max(0, dst_offset + len(data) - len(expected)))
+                    expected[dst_offset : dst_offset + len(data)] = data
+            assert read_all(dst) == expected, name
+        finally:
+            os.close(src)
+            os.close(dst)
+
+
+# --- sendfile_some -------------------------------------------------------------------
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected (sender, receiver) pair; the sender is non-blocking."""
+    sender, receiver = socket.socketpair()
+    sender.setblocking(False)
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+
+
+def _drain(sock: socket.socket) -> bytes:
+    received = bytearray()
+    sock.setblocking(False)
+    try:
+        while chunk := sock.recv(1 << 20):
+            received.extend(chunk)
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
+    return bytes(received)
+
+
+def test_sendfile_some_until_the_socket_is_full_then_resume(
+    impl: Impl, tmp_path: Path, sockets: tuple[socket.socket, socket.socket]
+) -> None:
+    sender, receiver = sockets
+    data = os.urandom(4 << 20)  # far more than a socket buffer
+    src = open_with(tmp_path / "src.bin", data)
+    received = bytearray()
+    offset = calls = 0
+    full = 0
+    try:
+        while True:
+            try:
+                n = impl.sendfile_some(sender.fileno(), src, offset, len(data) - offset + 100)
+            except BlockingIOError as exc:
+                assert exc.errno == errno.EAGAIN
+                assert 0 < offset < len(data)
+                full += 1
+                received.extend(_drain(receiver))  # what an event loop does once writable
+                continue
+            calls += 1
+            if n == 0:
+                break  # end of the file
+            assert 0 < n <= len(data) - offset
+            offset += n
+        assert offset == len(data)
+        assert full >= 2
+        assert calls > full  # short sends: each call sends what fits
+        received.extend(_drain(receiver))
+        assert received == data
+        assert os.lseek(src, 0, os.SEEK_CUR) == 0  # positional: the file offset is untouched
+        assert impl.sendfile_some(sender.fileno(), src, len(data) + 5, 10) == 0  # beyond the end
+    finally:
+        os.close(src)
+
+
+def test_sendfile_some_at_the_file_position(impl: Impl, tmp_path: Path, sockets: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = sockets
+    data = os.urandom(10_000)
+    src = open_with(tmp_path / "src.bin", data)
+    try:
+        os.lseek(src, 100, os.SEEK_SET)
+        assert impl.sendfile_some(sender.fileno(), src, -1, 50) == 50
+        assert os.lseek(src, 0, os.SEEK_CUR) == 150
+        assert impl.sendfile_some(sender.fileno(), src, 9990, 50) == 10  # positional again
+        assert os.lseek(src, 0, os.SEEK_CUR) == 150
+        assert impl.sendfile_some(sender.fileno(), src, -1, 0) == 0
+        os.lseek(src, 9995, os.SEEK_SET)
+        assert impl.sendfile_some(sender.fileno(), src, -1, 100) == 5
+        assert impl.sendfile_some(sender.fileno(), src, -1, 100) == 0
+        assert receiver.recv(1000) == data[100:150] + data[9990:] + data[9995:]
+    finally:
+        os.close(src)
+
+
+def test_sendfile_some_errors(impl: Impl, tmp_path: Path, sockets: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = sockets
+    src = open_with(tmp_path / "src.bin", b"x" * 100)
+    bad = closed_fd(tmp_path)
+    try:
+        cases: list[tuple[tuple[int, int, int, int], int]] = [
+            ((bad, src, 0, 10), errno.EBADF),
+            ((sender.fileno(), bad, 0, 10), errno.EBADF),
+            ((sender.fileno(), bad, -1, 10), errno.EBADF),
+            ((sender.fileno(), receiver.fileno(), 0, 10), errno.ESPIPE),  # a socket is no file
+            ((sender.fileno(), src, -2, 10), errno.EINVAL),
+            ((sender.fileno(), src, 0, -1), errno.EINVAL),
+        ]
+        for args, code in cases:
+            with pytest.raises(OSError) as info:
+                impl.sendfile_some(*args)
+            assert info.value.errno == code, args
+            assert info.value.strerror == os.strerror(code)
+        # No syscall for nothing, so not even a bad descriptor is noticed.
+        assert impl.sendfile_some(bad, bad, 0, 0) == 0
+        receiver.close()
+        # No reader: EPIPE, raised as the same subclass os.sendfile would raise.
+        previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        try:
+            with pytest.raises(BrokenPipeError):
+                impl.sendfile_some(sender.fileno(), src, 0, 10)
+        finally:
+            signal.signal(signal.SIGPIPE, previous)
+    finally:
+        os.close(src)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_sendfile_some_retries_eintr(impl: Impl, tmp_path: Path) -> None:
+    """A blocking sendfile into a full socket is interrupted before sending anything (EINTR, retried), then completes."""
+    sender, receiver = socket.socketpair()
+    data = os.urandom(1 << 20)
+    src = open_with(tmp_path / "src.bin", data)
+    sender.setblocking(False)
+    prefix = 0
+    try:
+        while True:
+            prefix += sender.send(b"P" * 4096)
+    except BlockingIOError:
+        sender.setblocking(True)
+    received = bytearray()
+    handled: list[int] = []
+    main = threading.get_ident()
+
+    def reader() -> None:
+        time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGUSR1)  # -> EINTR, nothing sent yet
+        time.sleep(0.05)
+        while chunk := receiver.recv(1 << 20):
+            received.extend(chunk)
+
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(signum))
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        result = impl.sendfile_some(sender.fileno(), src, 0, len(data))
+    finally:
+        sender.close()  # EOF for the reader even if the call raised
+        thread.join()
+        receiver.close()
+        os.close(src)
+        signal.signal(signal.SIGUSR1, previous)
+    assert handled == [signal.SIGUSR1]
+    assert 0 < result <= len(data)
+    assert received == b"P" * prefix + data[:result]
