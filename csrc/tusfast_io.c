@@ -112,15 +112,22 @@ int tf_write_back(int fd, int64_t offset, int64_t length)
     if (length == 0)
         return 0;
 #ifdef SYNC_FILE_RANGE_WRITE
-    /* Only queues the I/O: WAIT_* flags would block the caller on the disk. */
-    if (sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0)
+    /* Wait for the previous range (queued one call ago) so that at most two
+     * ranges are dirty: the caller writes at disk speed instead of filling
+     * the page cache. Then queue this range without waiting. */
+    if (offset > 0) {
+        int64_t start = offset > length ? offset - length : 0;
+        if (sync_file_range(fd, start, offset - start, SYNC_FILE_RANGE_WAIT_BEFORE |
+                            SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+            rc = -errno;
+    }
+    if (sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0 && rc == 0)
         rc = -errno;
 #else
     rc = -ENOSYS;
 #endif
 #ifdef POSIX_FADV_DONTNEED
-    /* The previous range had its write-back started one call ago, so it is
-     * normally clean by now; DONTNEED silently keeps pages that are not. */
+    /* The previous range is clean now: drop it from the page cache. */
     if (offset > 0) {
         int64_t start = offset > length ? offset - length : 0;
         int err = posix_fadvise(fd, start, offset - start, POSIX_FADV_DONTNEED);

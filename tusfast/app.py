@@ -65,7 +65,8 @@ class TusServer:
         if isinstance(self.storage, FileStorage):
             self.storage.prepare()
         settings = self.protocol_settings()
-        handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins)
+        handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins,
+                             fsync=self.config.fsync)
         self._http = HttpServer(handler, self.http_limits(), [("Tus-Resumable", TUS_VERSION)], self._tls())
         await self._http.listen(self._sock or self._bind())
         if settings.enabled("expiration"):

@@ -70,6 +70,8 @@ OPTIONS = [
     Option("--expire-after", "expire_after", "remove unfinished uploads this long after their last write; "
            "0 or off to keep them (default 7d)", parse_optional_duration),
     Option("--disable-download", "disable_download", "answer GET on uploads with 405", None),
+    Option("--fsync", "fsync", "when data reaches the disk before the reply: complete (default: before the "
+           "reply that completes an upload), every-patch, or never", str.lower),
 ]
 DISABLE_OPTIONS = [Option(f"--disable-{name}", name, f"turn off the {name} extension", None)
                    for name in ALL_EXTENSIONS]

@@ -12,6 +12,7 @@ from .storage.layout import DirLayout
 _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+FSYNC_MODES = ("complete", "every-patch", "never")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -58,6 +59,7 @@ class Config:
     disabled_extensions: tuple[str, ...] = ()
     expire_after: float | None = 7 * 86400.0
     disable_download: bool = False
+    fsync: str = "complete"     # when data must be on disk before the response (see FSYNC_MODES)
     idle_timeout: float = 75.0
     read_timeout: float = 60.0
     head_timeout: float = 30.0
@@ -87,6 +89,8 @@ class Config:
             raise ValueError("public URL must be absolute, e.g. https://example.org/files/")
         if self.dir_layout:
             DirLayout(self.dir_layout)      # raises ValueError with a usage hint
+        if self.fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         unknown = set(self.disabled_extensions) - set(ALL_EXTENSIONS)

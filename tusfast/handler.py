@@ -60,8 +60,9 @@ class FileReply(Reply):
 class TusHandler:
     def __init__(self, settings: tus.ProtocolSettings, storage: Storage, locker: Locker,
                  hooks: Hooks | None = None, cors_origins: tuple[str, ...] = ("*",),
-                 new_id: Callable[[], str] = new_upload_id) -> None:
+                 new_id: Callable[[], str] = new_upload_id, fsync: str = "complete") -> None:
         self.settings = settings
+        self._fsync = fsync
         self._storage = storage
         self._locker = locker
         self._hooks = hooks or NoHooks()
@@ -249,7 +250,8 @@ class TusHandler:
             progress.kept = progress.offset
         finally:
             info = replace(info, offset=progress.kept, updated_at=time.time())
-            await writer.close(durable=info.is_complete)
+            await writer.close(durable=self._fsync == "every-patch" or
+                               (self._fsync == "complete" and info.is_complete))
         if info.is_complete:
             await self._finished(info, request)
         return info

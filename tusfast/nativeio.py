@@ -47,6 +47,7 @@ Buffer = bytes | bytearray | memoryview
 # (tmpfs, pipes, old kernels) must not turn it into a failed upload.
 _WRITE_BACK_IGNORED: Final = frozenset({errno.EINVAL, errno.ESPIPE, errno.ENOSYS})
 _SYNC_FILE_RANGE_WRITE: Final = 2  # from <linux/fs.h>; not exposed by the os module
+_SYNC_FILE_RANGE_WAIT_ALL: Final = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER
 _IOV_MAX: Final = 1024  # Linux's value; os.sysconf may refine it below
 _IOV_CACHE_SIZE: Final = 64  # longer buffer lists get a fresh iovec array per call
 # copy_file_range refusing this pair of files rather than failing: no such
@@ -191,7 +192,10 @@ class PurePythonIO:
             return  # 0 would mean "to end of file" to both syscalls
         rc = -errno.ENOSYS
         if _sync_file_range is not None:
-            rc = _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+            if offset > 0:      # wait for the previous range, as the C version does
+                start = max(0, offset - length)
+                rc = _sync_file_range(fd, start, offset - start, _SYNC_FILE_RANGE_WAIT_ALL)
+            rc = _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE) or rc
         if offset > 0 and hasattr(os, "posix_fadvise"):
             start = max(0, offset - length)
             try:
