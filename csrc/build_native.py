@@ -22,6 +22,7 @@ int tf_fdatasync(int fd);
 int tf_write_back(int fd, int64_t offset, int64_t length);
 int64_t tf_copy_range(int src_fd, int64_t src_off, int dst_fd, int64_t dst_off, int64_t len);
 int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
+int64_t tf_splice_to_file(int sock, int pipe_r, int pipe_w, int file, int64_t offset, int64_t count);
 """
 
 CFLAGS = ["-O2", "-Wall", "-Wextra"]

@@ -180,3 +180,46 @@ int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count)
     } while (n < 0 && errno == EINTR);
     return n < 0 ? -errno : n;
 }
+
+/* Empty the pipe (holding `held` bytes) into file at offset; returns 0 or -errno. */
+static int64_t drain_pipe(int pipe_r, int file, int64_t offset, int64_t held)
+{
+    while (held > 0) {
+        loff_t at = (loff_t)offset;
+        ssize_t n = splice(pipe_r, NULL, file, &at, (size_t)held, SPLICE_F_MOVE);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO;
+        offset += n;
+        held -= n;
+    }
+    return 0;
+}
+
+int64_t tf_splice_to_file(int sock, int pipe_r, int pipe_w, int file, int64_t offset, int64_t count)
+{
+    int64_t moved = 0;
+
+    if (offset < 0 || count < 0)
+        return -EINVAL;
+    while (moved < count) {
+        ssize_t n = splice(sock, NULL, pipe_w, NULL, (size_t)(count - moved),
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return moved > 0 ? moved : -errno;
+        }
+        if (n == 0)
+            break;  /* end of stream */
+        int64_t rc = drain_pipe(pipe_r, file, offset + moved, n);
+        if (rc < 0)
+            return rc;  /* the pipe may still hold bytes; the file size tells what was stored */
+        moved += n;
+    }
+    return moved;
+}

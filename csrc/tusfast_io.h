@@ -39,4 +39,12 @@ int64_t tf_copy_range(int src_fd, int64_t src_off, int dst_fd, int64_t dst_off, 
  * returns the bytes sent (0 at end of file), or -EAGAIN if out_fd is non-blocking and full. */
 int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
 
+/* Move up to count bytes from the (non-blocking) socket sock into file at offset through the pipe
+ * pipe_r/pipe_w, without copying them through user space: splice socket -> pipe, then pipe -> file
+ * until the pipe is empty again; repeat until count bytes moved or the socket has nothing more.
+ * Returns the bytes stored in the file (> 0), 0 at end of stream, -EAGAIN if the socket had nothing,
+ * or -errno. After an error storing into the file, the pipe may hold bytes: discard it, and learn
+ * from the file's size what was stored. */
+int64_t tf_splice_to_file(int sock, int pipe_r, int pipe_w, int file, int64_t offset, int64_t count);
+
 #endif /* TUSFAST_IO_H */

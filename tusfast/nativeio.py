@@ -38,6 +38,8 @@ __all__ = [
     "pwrite_all",
     "pwritev_all",
     "sendfile_some",
+    "splice_to_file",
+    "SpliceError",
     "write_back",
 ]
 
@@ -247,6 +249,53 @@ class PurePythonIO:
         # Retries EINTR itself (PEP 475); EAGAIN is raised as BlockingIOError.
         return os.sendfile(out_fd, in_fd, None if offset == -1 else offset, min(count, sys.maxsize))
 
+    @staticmethod
+    def splice_to_file(sock: int, pipe_r: int, pipe_w: int, file: int, offset: int, count: int) -> int:
+        """Move up to count bytes from a non-blocking socket into file at offset through a pipe, inside
+        the kernel. Returns the bytes stored (> 0) or 0 at end of stream; raises BlockingIOError when
+        the socket has nothing yet, SpliceError when storing failed (then discard the pipe)."""
+        _check_offset(offset)
+        moved = 0
+        while moved < count:
+            try:
+                n = os.splice(sock, pipe_w, count - moved, flags=_SPLICE_MOVE | _SPLICE_NONBLOCK)
+            except BlockingIOError:
+                if moved:
+                    break
+                raise
+            if n == 0:
+                break
+            try:
+                _drain_pipe(pipe_r, file, offset + moved, n)
+            except OSError as exc:
+                raise SpliceError(exc.errno or errno.EIO, file, offset) from None
+            moved += n
+        return moved
+
+
+_SPLICE_MOVE: Final = getattr(os, "SPLICE_F_MOVE", 1)
+_SPLICE_NONBLOCK: Final = getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+
+class SpliceError(OSError):
+    """Storing spliced bytes failed. `stored` is how many of them reached the file (from its size)."""
+
+    def __init__(self, code: int, file: int, offset: int) -> None:
+        super().__init__(code, os.strerror(code))
+        try:
+            self.stored = max(0, os.fstat(file).st_size - offset)
+        except OSError:
+            self.stored = 0
+
+
+def _drain_pipe(pipe_r: int, file: int, offset: int, held: int) -> None:
+    while held > 0:
+        n = os.splice(pipe_r, file, held, offset_dst=offset, flags=_SPLICE_MOVE)
+        if n == 0:
+            raise OSError(errno.EIO, "pipe ran dry")
+        offset += n
+        held -= n
+
 
 def _native_check(rc: int) -> int:
     if rc < 0:
@@ -359,6 +408,18 @@ class NativeIO:
         """
         return _native_check(_lib.tf_sendfile(out_fd, in_fd, offset, count))
 
+    @staticmethod
+    def splice_to_file(sock: int, pipe_r: int, pipe_w: int, file: int, offset: int, count: int) -> int:
+        """Move up to count bytes from a non-blocking socket into file at offset through a pipe, inside
+        the kernel. Returns the bytes stored (> 0) or 0 at end of stream; raises BlockingIOError when
+        the socket has nothing yet, SpliceError when storing failed (then discard the pipe)."""
+        rc = _lib.tf_splice_to_file(sock, pipe_r, pipe_w, file, offset, count)
+        if rc == -errno.EAGAIN:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        if rc < 0:
+            raise SpliceError(-rc, file, offset)
+        return int(rc)
+
 
 _Implementation = type[NativeIO] | type[PurePythonIO]
 
@@ -377,3 +438,4 @@ fdatasync = _active.fdatasync
 write_back = _active.write_back
 copy_range_all = _active.copy_range_all
 sendfile_some = _active.sendfile_some
+splice_to_file = _active.splice_to_file

@@ -11,6 +11,7 @@ import asyncio
 import re
 from typing import Callable, Protocol, Union
 
+from . import splice
 from .flow import FlowControl
 
 Buffer = Union[bytes, memoryview]
@@ -69,6 +70,15 @@ class ContentLengthDecoder:
         self._remaining = 0
         self.done = True
         return [part] if len(part) else []
+
+    @property
+    def remaining(self) -> int:
+        return self._remaining
+
+    def skip(self, count: int) -> None:
+        """`count` body bytes were consumed elsewhere (spliced straight from the socket)."""
+        self._remaining -= count
+        self.done = self._remaining == 0
 
 
 class ChunkedDecoder:
@@ -154,7 +164,8 @@ class RequestBody:
     """
 
     def __init__(self, size: int | None, decoder: Decoder, flow: FlowControl, high_water: int,
-                 send_continue: Callable[[], None] | None = None) -> None:
+                 send_continue: Callable[[], None] | None = None, splice_from: int | None = None,
+                 timeout: float = 60.0) -> None:
         self.size = size                    # None: chunked, length unknown
         self.received = 0
         self._decoder = decoder
@@ -166,6 +177,9 @@ class RequestBody:
         self._error: BodyError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._flush: asyncio.TimerHandle | None = None
+        self._splice_from = splice_from     # the socket, when the body may be spliced from it
+        self._timeout = timeout
+        self._splicing: asyncio.Future[None] | None = None     # resolved to stop a splice
 
     @property
     def complete(self) -> bool:
@@ -216,6 +230,8 @@ class RequestBody:
         if self._error is None and not self._decoder.done:
             self._error = error
             self._wake()
+            if self._splicing is not None and not self._splicing.done():
+                self._splicing.set_result(None)
 
     # -- consumer side (the application) --
 
@@ -238,6 +254,43 @@ class RequestBody:
         self._flow.pause_reading()
         self.fail(error or BodyAborted("body reading was aborted"))
 
+    # -- the splice path: the rest of the body straight from the socket into a file --
+
+    def can_splice(self) -> bool:
+        decoder = self._decoder
+        return (self._splice_from is not None and isinstance(decoder, ContentLengthDecoder)
+                and decoder.remaining - self._buffered >= splice.MIN_SPLICE and self._error is None)
+
+    def begin_splice(self) -> list[Buffer]:
+        """Stop reading through the transport and hand out what it already delivered."""
+        self._flow.pause_reading()
+        self._request_body()
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        return chunks
+
+    async def splice_into(self, fd: int, offset: int, stored: splice.Stored) -> int:
+        """Move the rest of the body into fd at offset; returns the bytes moved. Raises BodyError
+        (after accounting for every byte stored) if the body does not arrive in full."""
+        decoder = self._decoder
+        assert isinstance(decoder, ContentLengthDecoder) and self._splice_from is not None
+        self._splicing = asyncio.get_running_loop().create_future()
+        if self._error is not None:
+            self._splicing.set_result(None)
+        moved = 0
+        try:
+            moved = await splice.splice_body(self._splice_from, fd, offset, decoder.remaining, stored,
+                                             self._timeout, self._splicing)
+        except splice.SpliceEnded as ended:
+            moved = ended.moved
+            raise self._error or _SPLICE_ERRORS[ended.reason]("body ended early") from None
+        finally:
+            decoder.skip(moved)
+            self.received += moved
+            self._splicing = None
+            if decoder.done:
+                self._flow.resume_reading()
+        return moved
+
     def _request_body(self) -> None:
         if self._send_continue is not None:
             send, self._send_continue = self._send_continue, None
@@ -250,3 +303,8 @@ class RequestBody:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+_SPLICE_ERRORS: dict[str, type[BodyError]] = {
+    "eof": ClientDisconnected, "timeout": BodyTimeout, "aborted": BodyAborted,
+}

@@ -43,6 +43,7 @@ class HttpConnection(asyncio.Protocol):
         self._sending_file = False          # the send has its own timeout
         self._scheme = "http"
         self._client = ""
+        self._socket_fd: int | None = None
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -51,6 +52,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._flow = FlowControl(transport)  # type: ignore[arg-type]
         self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        sock = transport.get_extra_info("socket")
+        # Bodies can be spliced from plain TCP sockets only (TLS needs the transport to decrypt).
+        self._socket_fd = sock.fileno() if sock is not None and self._scheme == "http" else None
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) else ""
         if not self._state.register(self):
@@ -133,7 +137,8 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             exchange = Exchange.begin(self._parser, event, self._flow, self._limits.high_water,
-                                      self._scheme, self._client, self._send_continue)
+                                      self._scheme, self._client, self._send_continue, self._socket_fd,
+                                      self._limits.body_timeout)
         except BadFraming as exc:
             self._reject(400, str(exc))
             return

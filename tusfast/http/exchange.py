@@ -51,10 +51,12 @@ class Exchange:
 
     @classmethod
     def begin(cls, parser: h11.Connection, event: h11.Request, flow: FlowControl, high_water: int,
-              scheme: str, client: str, send_continue: Callable[[], None]) -> "Exchange":
+              scheme: str, client: str, send_continue: Callable[[], None], splice_from: int | None,
+              timeout: float) -> "Exchange":
         size, decoder = body_decoder(event)
         expects = parser.they_are_waiting_for_100_continue and not decoder.done
-        body = RequestBody(size, decoder, flow, high_water, send_continue if expects else None)
+        body = RequestBody(size, decoder, flow, high_water, send_continue if expects else None,
+                           splice_from, timeout)
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]
         request = HttpRequest(event.method.decode("ascii"), event.target.decode("latin-1"), headers, body,
                               scheme, client, event.http_version.decode("ascii"))

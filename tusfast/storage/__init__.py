@@ -1,8 +1,10 @@
 """Where upload bytes and info live. Knows nothing of HTTP."""
 
-from .base import (EXTENSION_PROTOCOLS, Concatenatable, Expirable, LengthDeferrable, Readable, Storage, StorageError, StorageFull,
-                   StorageUnavailable, Terminatable, UploadCorrupt, UploadGone, UploadNotFound, UploadWriter, supports)
+from .base import (EXTENSION_PROTOCOLS, Concatenatable, Expirable, LengthDeferrable, Readable, SpliceTarget,
+                   Storage, StorageError, StorageFull, StorageUnavailable, Terminatable, UploadCorrupt, UploadGone,
+                   UploadNotFound, UploadWriter, supports)
 from .file import FileStorage
 
-__all__ = ["EXTENSION_PROTOCOLS", "Concatenatable", "FileStorage", "Expirable", "Readable", "LengthDeferrable", "Storage", "StorageError", "StorageFull",
-           "StorageUnavailable", "Terminatable", "UploadCorrupt", "UploadGone", "UploadNotFound", "UploadWriter", "supports"]
+__all__ = ["EXTENSION_PROTOCOLS", "Concatenatable", "Expirable", "FileStorage", "LengthDeferrable", "Readable",
+           "SpliceTarget", "Storage", "StorageError", "StorageFull", "StorageUnavailable", "Terminatable",
+           "UploadCorrupt", "UploadGone", "UploadNotFound", "UploadWriter", "supports"]

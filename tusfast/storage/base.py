@@ -3,7 +3,7 @@ extension. The server advertises an extension only when its backend implements t
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol, Sequence, Union, runtime_checkable
+from typing import AsyncIterator, Callable, Protocol, Sequence, Union, runtime_checkable
 
 from ..core.model import UploadInfo
 
@@ -47,6 +47,14 @@ class UploadWriter(Protocol):
     async def close(self, *, durable: bool) -> None:
         """Release resources; with durable=True, return only once the data survives power loss.
         A staged writer closed without commit() leaves the upload as it was before it opened."""
+
+
+@runtime_checkable
+class SpliceTarget(Protocol):
+    """A writer backed by a file descriptor that bodies can be spliced into."""
+
+    def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
+        """(fd, stored): `stored(offset, count)` is called after bytes land in fd by other means."""
 
 
 class Storage(Protocol):

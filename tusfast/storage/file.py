@@ -70,6 +70,9 @@ class FileWriter:
         end = offset + nativeio.pwritev_all(self._fd, chunks, offset)
         self.wrote(offset, end - offset)
 
+    def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
+        return self._fd, self.wrote
+
     def wrote(self, offset: int, count: int) -> None:
         """Account for bytes written at offset (also by splice): every full window goes to disk."""
         end = offset + count
