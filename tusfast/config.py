@@ -89,6 +89,10 @@ class Config:
             raise ValueError("public URL must be absolute, e.g. https://example.org/files/")
         if self.dir_layout:
             DirLayout(self.dir_layout)      # raises ValueError with a usage hint
+        if self.expire_after == 0:
+            object.__setattr__(self, "expire_after", None)     # 0 means: never expire
+        if self.expire_after is not None and not 0 < self.expire_after < float("inf"):
+            raise ValueError("expire after must be a positive duration (or None for no expiry)")
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}")
         if self.log_level.lower() not in LOG_LEVELS:

@@ -143,19 +143,26 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
-            or (last and not last.isdigit()):
+    start, stop = _range_bound(first), _range_bound(last)
+    if not dash or (start is None and stop is None) or (first and start is None) or (last and stop is None):
         return None
-    if not first:                       # suffix: the last N bytes
-        count = int(last)
+    if start is None:                   # suffix: the last N bytes
+        count = stop or 0
         if count == 0 or size == 0:
             raise TusError(ErrorKind.RANGE_NOT_SATISFIABLE, headers=[("Content-Range", f"bytes */{size}")])
         return max(0, size - count), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
+    end = min(stop + 1, size) if stop is not None else size
     if start >= size or end <= start:
         raise TusError(ErrorKind.RANGE_NOT_SATISFIABLE, headers=[("Content-Range", f"bytes */{size}")])
     return start, end
+
+
+def _range_bound(text: str) -> int | None:
+    """ASCII digits only (str.isdigit also takes '²'); absurdly long numbers saturate, not crash."""
+    text = text.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return MAX_INT if len(text.lstrip("0")) > 19 else int(text)
 
 
 def format_metadata(metadata: Mapping[str, bytes]) -> str:

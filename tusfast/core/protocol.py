@@ -56,8 +56,11 @@ class ProtocolSettings:
         unknown = set(self.extensions) - set(ALL_EXTENSIONS)
         if unknown:
             raise ValueError(f"unknown tus extensions: {', '.join(sorted(unknown))}")
-        if ("expiration" in self.extensions) != bool(self.expire_after):
-            raise ValueError("the expiration extension goes with a positive expire_after")
+        positive = self.expire_after is not None and 0 < self.expire_after < float("inf")
+        if self.expire_after is not None and not positive:
+            raise ValueError("expire_after must be positive and finite, or None")
+        if ("expiration" in self.extensions) != positive:
+            raise ValueError("the expiration extension goes with a positive, finite expire_after")
 
     def enabled(self, extension: str) -> bool:
         return extension in self.extensions or (extension == DOWNLOAD and self.download)
@@ -213,7 +216,10 @@ def _checksum_of(head: RequestHead, settings: ProtocolSettings) -> tuple[tuple[s
     value = head.headers.get("upload-checksum")
     checksum = parse_checksum(value) if value is not None else None
     declared = "upload-checksum" in [name.strip().lower() for name in head.headers.get("trailer", "").split(",")]
-    trailer = checksum is None and declared and head.body_size is None and settings.enabled("checksum-trailer")
+    if declared and not settings.enabled("checksum-trailer"):
+        raise TusError(ErrorKind.EXTENSION_DISABLED, "an Upload-Checksum trailer needs the checksum-trailer "
+                                                     "extension, which is not enabled on this server")
+    trailer = checksum is None and declared and head.body_size is None
     return checksum, trailer
 
 
@@ -469,6 +475,8 @@ def partial_id_from_url(url: str, head: RequestHead, settings: ProtocolSettings)
         path = _path_of(url)
         prefix = _forwarded(head, head.scheme, "")[2] if settings.behind_proxy else ""
         bases = [prefix + settings.base_path, settings.base_path]
+        if settings.public_url:     # the path clients see may differ from ours
+            bases.append(_path_of(settings.public_url))
         rest = next((path[len(base):] for base in bases if path.startswith(base)), None)
     if rest is None or not is_valid_upload_id(rest):
         raise TusError(ErrorKind.INVALID_PARTIAL, f"not a partial upload of this server: {url[:200]}")
@@ -483,7 +491,11 @@ def plan_final(partials: Sequence[UploadInfo], settings: ProtocolSettings) -> in
         if not partial.is_complete and not settings.enabled("concatenation-unfinished"):
             raise TusError(ErrorKind.UNFINISHED_PARTIAL, f"partial upload {partial.id} is not finished")
     lengths = [partial.length for partial in partials]
-    return None if None in lengths else sum(length or 0 for length in lengths)
+    if None in lengths:
+        return None
+    total = sum(length or 0 for length in lengths)
+    check_max_size(total, settings)
+    return total
 
 
 # ---- expiration -------------------------------------------------------------------------------
