@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import zlib
 
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from tusfast.core.checksum import ALGORITHMS
 from tusfast.core.errors import ErrorKind, TusError
-from tusfast.core.headers import (MAX_INT, OFFSET_STREAM, SINGLE_VALUED, TUS_VERSION, collect_headers,
-                                  format_metadata, is_supported_version, media_type, parse_defer_length,
-                                  parse_length, parse_metadata, parse_offset, parse_uint)
+from tusfast.core.headers import (CHECKSUM_DIGEST_SIZES, MAX_INT, OFFSET_STREAM, SINGLE_VALUED, TUS_VERSION,
+                                  collect_headers, format_metadata, is_supported_version, media_type,
+                                  parse_checksum, parse_concat, parse_defer_length, parse_length, parse_metadata,
+                                  parse_offset, parse_range, parse_uint)
 
 # ---- parse_uint ------------------------------------------------------------------------------
 
@@ -329,3 +333,310 @@ def test_parse_metadata_only_raises_tus_error(header: str) -> None:
     else:
         for key in metadata:
             assert key and key.isascii() and " " not in key and "," not in key
+
+
+# ---- Upload-Checksum (items 63-68) -----------------------------------------------------------
+
+HELLO = b"hello world"
+HELLO_DIGESTS = {
+    "md5": hashlib.md5(HELLO).digest(),
+    "sha1": hashlib.sha1(HELLO).digest(),
+    "sha256": hashlib.sha256(HELLO).digest(),
+    "sha512": hashlib.sha512(HELLO).digest(),
+    "crc32": zlib.crc32(HELLO).to_bytes(4, "big"),
+}
+
+
+def b64bytes(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_checksum_algorithms_agree_everywhere() -> None:
+    # The algorithms the parser accepts are the ones OPTIONS announces and Checksum computes.
+    assert tuple(CHECKSUM_DIGEST_SIZES) == ALGORITHMS == ("md5", "sha1", "sha256", "sha512", "crc32")
+    assert "sha1" in ALGORITHMS                                              # item 66: sha1 is a MUST
+    assert {name: len(digest) for name, digest in HELLO_DIGESTS.items()} == CHECKSUM_DIGEST_SIZES
+
+
+def test_parse_checksum_spec_example() -> None:
+    # Item 63: `sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=` is "hello world".
+    assert parse_checksum("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=") == ("sha1", HELLO_DIGESTS["sha1"])
+
+
+@pytest.mark.parametrize("algorithm", sorted(HELLO_DIGESTS))
+@pytest.mark.parametrize("template", ["{a} {d}", " {a} {d} ", "\t{a} {d}\t"])
+def test_parse_checksum_accepts_every_algorithm(algorithm: str, template: str) -> None:
+    value = template.format(a=algorithm, d=b64bytes(HELLO_DIGESTS[algorithm]))
+    assert parse_checksum(value) == (algorithm, HELLO_DIGESTS[algorithm])
+
+
+@given(st.sampled_from(ALGORITHMS), st.data())
+def test_parse_checksum_round_trips_any_digest(algorithm: str, data: st.DataObject) -> None:
+    size = CHECKSUM_DIGEST_SIZES[algorithm]
+    digest = data.draw(st.binary(min_size=size, max_size=size))
+    assert parse_checksum(f"{algorithm} {b64bytes(digest)}") == (algorithm, digest)
+
+
+SHA1 = b64bytes(HELLO_DIGESTS["sha1"])
+
+
+@pytest.mark.parametrize("value", [
+    "SHA1 " + SHA1,                 # item 66: names are lower-case
+    "Sha1 " + SHA1,
+    "sha-1 " + SHA1,
+    "sha224 " + b64bytes(hashlib.sha224(HELLO).digest()),
+    "crc32c " + b64bytes(b"1234"),
+    "blake2b " + SHA1,
+    "x " + SHA1,
+    "",
+    " " + SHA1,                     # no algorithm at all
+])
+def test_parse_checksum_unknown_algorithm_is_400_with_algorithm_list(value: str) -> None:
+    with pytest.raises(TusError) as info:
+        parse_checksum(value)
+    assert info.value.kind is ErrorKind.UNSUPPORTED_CHECKSUM
+    assert info.value.status == 400                                          # item 64
+    assert info.value.headers == [("Tus-Checksum-Algorithm", ",".join(ALGORITHMS))]
+
+
+@pytest.mark.parametrize("value", [
+    "sha1",                                          # missing space and digest
+    "sha1 ",                                         # empty digest
+    "sha1  " + SHA1,                                 # two spaces
+    "sha1 " + SHA1.rstrip("="),                      # missing padding
+    "sha1 " + SHA1 + "=",                            # too much padding
+    "sha1 " + SHA1.replace("+", "-"),                # url-safe alphabet
+    "sha1 " + SHA1[:10] + " " + SHA1[10:],           # space inside the digest
+    "sha1 " + SHA1 + " " + SHA1,                     # two digests
+    "sha1 !!!!",
+    "sha1 " + SHA1[:-4] + "\u00e9===",              # non-ASCII
+    "sha1 " + b64bytes(HELLO_DIGESTS["md5"]),        # wrong digest length: a 16-byte md5 digest
+    "md5 " + SHA1,                                   # a 20-byte digest for md5
+    "crc32 " + b64bytes(b"12345"),
+    "crc32 " + b64bytes(b"123"),
+    "sha512 " + b64bytes(HELLO_DIGESTS["sha256"]),
+    "sha256 " + b64bytes(HELLO_DIGESTS["sha256"] + b"\x00"),
+])
+def test_parse_checksum_malformed_is_400(value: str) -> None:
+    with pytest.raises(TusError) as info:
+        parse_checksum(value)
+    assert info.value.kind is ErrorKind.INVALID_CHECKSUM                     # item 68
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("value", ["sha1" + SHA1, "sha1\t" + SHA1, "sha1," + SHA1])
+def test_parse_checksum_without_separating_space_is_400(value: str) -> None:
+    # Item 68: no space -> 400. The name then runs into the digest, so it reads as an unknown algorithm.
+    with pytest.raises(TusError) as info:
+        parse_checksum(value)
+    assert info.value.kind in (ErrorKind.INVALID_CHECKSUM, ErrorKind.UNSUPPORTED_CHECKSUM)
+    assert info.value.status == 400
+
+
+@given(st.text(max_size=120))
+@example("sha1 " + SHA1)
+@example("crc32 AAAAAA==")
+def test_parse_checksum_only_raises_400s(value: str) -> None:
+    try:
+        algorithm, digest = parse_checksum(value)
+    except TusError as error:
+        assert error.kind in (ErrorKind.UNSUPPORTED_CHECKSUM, ErrorKind.INVALID_CHECKSUM)
+        assert error.status == 400
+    else:
+        assert algorithm in ALGORITHMS
+        assert len(digest) == CHECKSUM_DIGEST_SIZES[algorithm]
+
+
+# ---- Upload-Concat (items 76-77) -------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("partial", None),
+    (" partial ", None),
+    ("final;/files/a", ("/files/a",)),
+    ("final;/files/a /files/b", ("/files/a", "/files/b")),
+    ("final;http://h/files/a https://h:8443/files/b /files/c",
+     ("http://h/files/a", "https://h:8443/files/b", "/files/c")),
+    ("final;b a", ("b", "a")),                                  # list order is kept (item 77)
+    ("final;a a", ("a", "a")),                                  # a partial may be reused (item 79)
+    (" final;a b ", ("a", "b")),                               # header values are trimmed (item 84)
+    pytest.param("final;" + " ".join(f"/files/{i}" for i in range(100)), tuple(f"/files/{i}" for i in range(100)),
+                 id="100-urls"),
+])
+def test_parse_concat_accepts(value: str, expected: tuple[str, ...] | None) -> None:
+    assert parse_concat(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    "",
+    " ",
+    "final",
+    "final;",
+    "final; ",
+    "final; a",                     # a space right after ';' is an empty URL
+    "final;a  b",                   # double space
+    "finalx",
+    "finalx;a",
+    "final ;a",
+    "final:a",
+    "Final;a",
+    "FINAL;a",
+    "Partial",
+    "partial;a",
+    "partials",
+    "partial final;a",
+    ";a",
+])
+def test_parse_concat_rejects(value: str) -> None:
+    with pytest.raises(TusError) as info:
+        parse_concat(value)
+    assert info.value.kind is ErrorKind.INVALID_CONCAT
+    assert info.value.status == 400
+
+
+@given(st.lists(st.text(st.characters(blacklist_characters=" ", blacklist_categories=("Cs", "Z", "Cc")),
+                        min_size=1, max_size=30), min_size=1, max_size=10))
+def test_parse_concat_round_trips_url_lists(urls: list[str]) -> None:
+    value = "final;" + " ".join(urls)
+    assume(value.strip() == value)
+    assert parse_concat(value) == tuple(urls)
+
+
+# ---- Range (downloads) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "size", "expected"), [
+    ("bytes=0-0", 10, (0, 1)),                  # the first byte
+    ("bytes=0-9", 10, (0, 10)),
+    ("bytes=2-5", 10, (2, 6)),
+    ("bytes=9-9", 10, (9, 10)),                 # the last byte
+    ("bytes=3-", 10, (3, 10)),                  # open end
+    ("bytes=0-", 10, (0, 10)),
+    ("bytes=-1", 10, (9, 10)),                  # suffix: the last byte
+    ("bytes=-3", 10, (7, 10)),
+    ("bytes=-10", 10, (0, 10)),
+    ("bytes=-1000", 10, (0, 10)),               # suffix longer than the content: all of it
+    ("bytes=5-1000", 10, (5, 10)),              # past the end: clamped
+    ("bytes=0-" + "9" * 30, 10, (0, 10)),
+    ("bytes=0-0", 1, (0, 1)),
+    ("bytes=0-05", 10, (0, 6)),
+    (" bytes=1-2 ", 10, (1, 3)),
+    ("Bytes=1-2", 10, (1, 3)),                  # range units are case-insensitive
+])
+def test_parse_range(value: str, size: int, expected: tuple[int, int]) -> None:
+    assert parse_range(value, size) == expected
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    ("bytes=10-", 10),                          # starts at the end
+    ("bytes=10-20", 10),
+    ("bytes=11-11", 10),
+    ("bytes=" + "9" * 30 + "-", 10),
+    ("bytes=-0", 10),                           # an empty suffix
+    ("bytes=0-0", 0),                           # nothing is satisfiable in an empty file
+    ("bytes=0-", 0),
+    ("bytes=-5", 0),
+])
+def test_parse_range_unsatisfiable_is_416_with_content_range(value: str, size: int) -> None:
+    with pytest.raises(TusError) as info:
+        parse_range(value, size)
+    assert info.value.kind is ErrorKind.RANGE_NOT_SATISFIABLE
+    assert info.value.status == 416
+    assert info.value.headers == [("Content-Range", f"bytes */{size}")]
+
+
+@pytest.mark.parametrize("value", [
+    "bytes=0-1,3-4",                            # multiple ranges: the whole content is sent instead
+    "bytes=0-1, 3-4",
+    "bytes=-1,0-0",
+    "items=0-1",                                # other units
+    "pages=1-2",
+    "bytes 0-1",
+    "bytes=",
+    "bytes=-",
+    "bytes=a-b",
+    "bytes=1-b",
+    "bytes=a-1",
+    "bytes=--1",
+    "bytes=1--2",
+    "bytes=+1-2",
+    "bytes=0x1-2",
+    "bytes=1.5-2",
+    "bytes=1",
+    "=0-1",
+    "",
+    "garbage",
+])
+def test_parse_range_ignores_what_it_does_not_support(value: str) -> None:
+    # RFC 9110 14.2: a server may ignore Range; None means "send the full content".
+    assert parse_range(value, 10) is None
+
+
+@pytest.mark.parametrize("value", ["bytes=5-3", "bytes=9-0"])
+def test_parse_range_backwards_range_is_ignored_or_416(value: str) -> None:
+    # last-pos < first-pos makes the range invalid (RFC 9110 14.1.1): ignoring it or answering 416
+    # are both fine, serving a piece of content is not.
+    try:
+        assert parse_range(value, 10) is None
+    except TusError as error:
+        assert error.status == 416
+
+
+@pytest.mark.parametrize("value", [
+    "bytes=\u00b2-",                            # '²' (latin-1 0xB2): str.isdigit() is True, int() fails
+    "bytes=-\u00b3",
+    "bytes=0-\u00b9",
+    "bytes=\u00b21-5",
+    pytest.param("bytes=" + "1" * 5000 + "-", id="5000-digit-first"),   # more digits than int() converts
+    pytest.param("bytes=0-" + "9" * 5000, id="5000-digit-last"),
+    pytest.param("bytes=-" + "9" * 5000, id="5000-digit-suffix"),
+])
+def test_parse_range_never_raises_on_odd_digits(value: str) -> None:
+    # Header values arrive latin-1 decoded, so superscript digits are reachable from the wire, and a
+    # request head may hold thousands of digits. Expected: None (ignore the Range) or a 416, never a
+    # ValueError (a 500 from the handler).
+    try:
+        result = parse_range(value, 10)
+    except TusError as error:
+        assert error.status == 416
+    else:
+        assert result is None or 0 <= result[0] < result[1] <= 10
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**40),
+       st.one_of(st.none(), st.integers(min_value=0, max_value=2**41)))
+def test_parse_range_first_last_property(size: int, first: int, last: int | None) -> None:
+    value = f"bytes={first}-{'' if last is None else last}"
+    if last is not None and last < first:
+        return                                   # backwards: covered above
+    if first >= size:
+        with pytest.raises(TusError) as info:
+            parse_range(value, size)
+        assert info.value.status == 416
+        return
+    start, end = parse_range(value, size)
+    assert 0 <= start < end <= size              # always within [0, size)
+    assert start == first
+    assert end == (size if last is None else min(last + 1, size))
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**41))
+def test_parse_range_suffix_property(size: int, count: int) -> None:
+    if count == 0 or size == 0:
+        with pytest.raises(TusError) as info:
+            parse_range(f"bytes=-{count}", size)
+        assert info.value.status == 416
+        return
+    start, end = parse_range(f"bytes=-{count}", size)
+    assert 0 <= start < end == size
+    assert end - start == min(count, size)
+
+
+@given(st.text(st.characters(max_codepoint=0xFF), max_size=60), st.integers(min_value=0, max_value=1000))
+@example("bytes=\u00b2-", 10)
+def test_parse_range_only_returns_a_range_none_or_416(value: str, size: int) -> None:
+    try:
+        result = parse_range(value, size)
+    except TusError as error:
+        assert error.kind is ErrorKind.RANGE_NOT_SATISFIABLE
+        assert error.headers == [("Content-Range", f"bytes */{size}")]
+    else:
+        assert result is None or 0 <= result[0] < result[1] <= size

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tusfast.config import Config, parse_duration, parse_size
-from tusfast.core.protocol import ALL_EXTENSIONS
+from tusfast.config import Config, parse_duration, parse_optional_duration, parse_size
+from tusfast.core.protocol import ALL_EXTENSIONS, DEFAULT_EXTENSIONS, REQUIRES, ProtocolSettings
 from tusfast.storage.layout import DirLayout
 
 # 2026-01-05 03:04:05 UTC: every field needs zero padding.
@@ -178,6 +178,9 @@ def test_config_defaults() -> None:
     assert isinstance(config.upload_dir, Path)
     assert config.extensions == ALL_EXTENSIONS
     assert config.public_url is None
+    assert config.expire_after == 7 * 86400             # expiration is on by default...
+    assert "expiration" in config.extensions             # ...and so announced
+    assert config.disable_download is False
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -196,8 +199,8 @@ def test_config_defaults() -> None:
     {"public_url": "https:///files/"},
     {"public_url": "files"},
     {"public_url": ""},
-    {"disabled_extensions": ("concatenation",)},
-    {"disabled_extensions": ("checksum",)},
+    {"disabled_extensions": ("concatenate",)},          # not tus extension names
+    {"disabled_extensions": ("crc32",)},
     {"disabled_extensions": ("termination", "bogus")},
     {"disabled_extensions": ("Creation",)},
 ])
@@ -215,6 +218,12 @@ def test_config_rejects(kwargs: dict) -> None:
     {"public_url": "https://example.org/files/"},
     {"public_url": "http://127.0.0.1:8080/"},
     {"disabled_extensions": ALL_EXTENSIONS},
+    {"disabled_extensions": ("concatenation",)},
+    {"disabled_extensions": ("checksum",)},
+    {"disabled_extensions": ("expiration",)},
+    {"expire_after": None},
+    {"expire_after": 60.0},
+    {"disable_download": True},
 ])
 def test_config_accepts(kwargs: dict) -> None:
     config = Config(**kwargs)
@@ -250,14 +259,71 @@ def test_config_upload_dir_becomes_path() -> None:
     assert Config(upload_dir="some/dir").upload_dir == Path("some/dir")   # type: ignore[arg-type]
 
 
+def all_but(*names: str) -> tuple[str, ...]:
+    return tuple(name for name in ALL_EXTENSIONS if name not in names)
+
+
 @pytest.mark.parametrize(("disabled", "enabled"), [
     ((), ALL_EXTENSIONS),
-    (("termination",), ("creation", "creation-with-upload", "creation-defer-length")),
-    (("creation-with-upload",), ("creation", "creation-defer-length", "termination")),
-    (("creation-defer-length",), ("creation", "creation-with-upload", "termination")),
-    (("creation",), ("creation-defer-length", "termination")),                # drops creation-with-upload too
-    (("creation", "termination"), ("creation-defer-length",)),
+    (("termination",), all_but("termination")),
+    (("creation-with-upload",), all_but("creation-with-upload")),
+    (("creation-defer-length",), all_but("creation-defer-length")),
+    # turning a base off turns off what is built on it (checklist item 55)
+    (("creation",), all_but("creation", "creation-with-upload", "creation-defer-length")),
+    (("creation", "termination"), all_but("creation", "creation-with-upload", "creation-defer-length",
+                                          "termination")),
+    (("checksum",), all_but("checksum", "checksum-trailer")),
+    (("checksum-trailer",), all_but("checksum-trailer")),
+    (("concatenation",), all_but("concatenation", "concatenation-unfinished")),
+    (("concatenation-unfinished",), all_but("concatenation-unfinished")),
+    (("expiration",), all_but("expiration")),
+    (("creation", "checksum", "concatenation"), ("expiration", "termination")),
     (ALL_EXTENSIONS, ()),
 ])
 def test_config_extensions(disabled: tuple[str, ...], enabled: tuple[str, ...]) -> None:
     assert Config(disabled_extensions=disabled).extensions == enabled
+
+
+@pytest.mark.parametrize("expire_after", [None, 0, 0.0])
+def test_config_without_expiry_drops_expiration(expire_after: float | None) -> None:
+    # `--expire-after 0/off` -> None: nothing expires, so expiration is not announced (checklist item 57)
+    assert Config(expire_after=expire_after).extensions == DEFAULT_EXTENSIONS
+    assert Config(expire_after=expire_after, disabled_extensions=("checksum",)).extensions == \
+        tuple(name for name in DEFAULT_EXTENSIONS if name not in ("checksum", "checksum-trailer"))
+
+
+@given(st.sets(st.sampled_from(ALL_EXTENSIONS)), st.sampled_from([None, 1.0, 7 * 86400.0]))
+def test_config_extensions_always_make_valid_protocol_settings(disabled: set[str],
+                                                              expire_after: float | None) -> None:
+    config = Config(disabled_extensions=tuple(sorted(disabled)), expire_after=expire_after)
+    extensions = config.extensions
+    assert not set(extensions) & disabled
+    assert list(extensions) == [name for name in ALL_EXTENSIONS if name in extensions]   # canonical order
+    for name in extensions:
+        assert REQUIRES.get(name, name) in extensions
+    # Exactly what the app hands to the protocol layer: it must never be rejected.
+    settings = ProtocolSettings(extensions=extensions,
+                                expire_after=expire_after if "expiration" in extensions else None)
+    assert settings.extensions == extensions
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0", None), ("off", None), ("OFF", None), ("never", None), ("none", None), ("", None), (" off ", None),
+    ("7d", 7 * 86400.0), ("30m", 1800.0), ("90", 90.0),
+])
+def test_parse_optional_duration(text: str, expected: float | None) -> None:
+    assert parse_optional_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1d", "soon", "7 days"])
+def test_parse_optional_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_optional_duration(text)
+
+
+@pytest.mark.parametrize("expire_after", [-1.0, -86400.0, float("nan")])
+def test_config_rejects_non_positive_expire_after(expire_after: float) -> None:
+    # A negative (or NaN) period would announce expiration and make every unfinished upload expire
+    # at once (or never); Config validates every other number it holds (port, workers, max_size).
+    with pytest.raises(ValueError):
+        Config(expire_after=expire_after)

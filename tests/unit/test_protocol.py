@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+from email.utils import parsedate_to_datetime
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tusfast.core import protocol as tus
 from tusfast.core.cors import ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS, cors_headers
@@ -70,6 +77,18 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
     (ErrorKind.INVALID_HOST, 400),
     (ErrorKind.NOT_FOUND, 404),
     (ErrorKind.METHOD_NOT_ALLOWED, 405),
+    (ErrorKind.UNSUPPORTED_CHECKSUM, 400),        # item 64
+    (ErrorKind.INVALID_CHECKSUM, 400),            # item 68
+    (ErrorKind.CHECKSUM_MISMATCH, 460),           # item 64
+    (ErrorKind.INVALID_CONCAT, 400),
+    (ErrorKind.INVALID_PARTIAL, 400),             # item 78
+    (ErrorKind.UNFINISHED_PARTIAL, 400),          # item 78
+    (ErrorKind.FINAL_WITH_LENGTH, 400),           # item 77
+    (ErrorKind.FINAL_WITH_BODY, 400),
+    (ErrorKind.FINAL_IS_READ_ONLY, 403),          # items 37, 80
+    (ErrorKind.GONE, 410),                        # item 60
+    (ErrorKind.NOT_FINISHED, 409),
+    (ErrorKind.RANGE_NOT_SATISFIABLE, 416),
 ])
 def test_error_kinds_map_to_checklist_statuses(kind: ErrorKind, status: int) -> None:
     assert kind.status == status
@@ -301,7 +320,8 @@ def test_method_not_allowed(method: str, path: str, settings: ProtocolSettings, 
     (Target.UPLOAD, NO_DOWNLOAD, "OPTIONS, HEAD, PATCH, DELETE"),
     (Target.COLLECTION, NO_DOWNLOAD, "OPTIONS, POST"),
     (Target.COLLECTION, ProtocolSettings(extensions=("termination",)), "OPTIONS"),
-    (Target.UPLOAD, ProtocolSettings(extensions=("creation", "creation-with-upload")), "OPTIONS, HEAD, PATCH, GET"),
+    (Target.UPLOAD, ProtocolSettings(extensions=("creation", "creation-with-upload")),
+     "OPTIONS, HEAD, PATCH, GET"),
 ])
 def test_allowed_methods(target: Target, settings: ProtocolSettings, expected: str) -> None:
     assert tus.allowed_methods(target, settings) == expected
@@ -367,7 +387,7 @@ def test_version_check_comes_before_any_other_header_check() -> None:
      Create(100, {"name": b"a", "flag": b""}, "name YQ==,flag", 0)),
     ([("Upload-Length", "100"), OCTETS], 10, Create(100, {}, None, 10)),
     ([("Upload-Length", "100"), OCTETS], 100, Create(100, {}, None, 100)),
-    ([("Upload-Length", "100"), OCTETS], None, Create(100, {}, None, None, trailer_checksum=True)),
+    ([("Upload-Length", "100"), OCTETS], None, Create(100, {}, None, None)),
     ([("Upload-Defer-Length", "1"), OCTETS], 10, Create(None, {}, None, 10)),
     ([("Upload-Length", "5"), ("Content-Type", "Application/Offset+Octet-Stream; x=y")], 5,
      Create(5, {}, None, 5)),
@@ -506,7 +526,7 @@ def test_head_and_delete_intents() -> None:
 
 @pytest.mark.parametrize(("pairs", "body_size", "expected"), [
     ([OCTETS, ("Upload-Offset", "0")], 10, Append(UID, 0, None, 10)),
-    ([OCTETS, ("Upload-Offset", "77")], None, Append(UID, 77, None, None, trailer_checksum=True)),
+    ([OCTETS, ("Upload-Offset", "77")], None, Append(UID, 77, None, None)),
     ([OCTETS, ("Upload-Offset", " 77 ")], 0, Append(UID, 77, None, 0)),
     ([OCTETS, ("Upload-Offset", "5"), ("Upload-Length", "20")], 3, Append(UID, 5, 20, 3)),
     ([("Content-Type", "application/offset+octet-stream; charset=x"), ("Upload-Offset", "0")], 1,
@@ -939,3 +959,481 @@ def test_cors_header_constants_cover_the_checklist() -> None:
 ])
 def test_cors_not_granted(request_headers, allowed, method, expected) -> None:
     assert cors_headers(request_headers, allowed, method) == expected
+
+
+# ---- GET (downloads) -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pairs", [[], [V], [("Tus-Resumable", "0.2.2")]])
+def test_get_is_a_download_and_exempt_from_tus_resumable(pairs) -> None:
+    # Browsers follow links to uploads: GET needs no Tus-Resumable (item 10).
+    assert interpret("GET", UPLOAD, *pairs) == Download(UID)
+
+
+def test_get_carries_range_and_validators() -> None:
+    intent = interpret("GET", UPLOAD, ("Range", "bytes=0-9"), ("If-Range", '"x"'), ("If-None-Match", '"y"'))
+    assert intent == Download(UID, "bytes=0-9", '"x"', '"y"')
+
+
+def test_get_with_downloads_off_is_405() -> None:
+    error = fails(ErrorKind.METHOD_NOT_ALLOWED, "GET", UPLOAD, settings=NO_DOWNLOAD)
+    assert header(error.headers, "Allow") == "OPTIONS, HEAD, PATCH, DELETE"
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+def test_get_unknown_paths_are_404(path: str) -> None:
+    fails(ErrorKind.NOT_FOUND, "GET", path)
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PATCH", "DELETE", "POST"])
+def test_only_get_and_options_are_exempt_from_tus_resumable(method: str) -> None:
+    assert method not in VERSION_EXEMPT
+    path = "/files/" if method == "POST" else UPLOAD
+    fails(ErrorKind.UNSUPPORTED_VERSION, method, path, OCTETS, ("Upload-Offset", "0"), ("Upload-Length", "1"))
+
+
+# ---- checksum on PATCH and POST (items 62-69) ------------------------------------------------
+
+HELLO_SHA1 = "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0="
+HELLO_SHA1_DIGEST = hashlib.sha1(b"hello world").digest()
+
+
+@pytest.mark.parametrize(("algorithm", "digest"), [
+    ("md5", hashlib.md5(b"x").digest()),
+    ("sha1", HELLO_SHA1_DIGEST),
+    ("sha256", hashlib.sha256(b"x").digest()),
+    ("sha512", hashlib.sha512(b"x").digest()),
+    ("crc32", b"\x8c\xdc\x1a\x83"),
+])
+def test_append_parses_checksum(algorithm: str, digest: bytes) -> None:
+    value = f"{algorithm} {base64.b64encode(digest).decode()}"
+    intent = interpret("PATCH", UPLOAD, V, OCTETS, ("Upload-Offset", "0"), ("Upload-Checksum", value),
+                       body_size=11)
+    assert intent == Append(UID, 0, None, 11, (algorithm, digest), False)
+
+
+def test_create_with_upload_parses_checksum() -> None:
+    # item 56: the OpenAPI allows Upload-Checksum on a creation-with-upload POST
+    intent = interpret("POST", "/files/", V, OCTETS, ("Upload-Length", "11"), ("Upload-Checksum", HELLO_SHA1),
+                       body_size=11)
+    assert intent == Create(11, body_size=11, checksum=("sha1", HELLO_SHA1_DIGEST))
+
+
+@pytest.mark.parametrize(("method", "path", "pairs"), [
+    ("PATCH", UPLOAD, [OCTETS, ("Upload-Offset", "0")]),
+    ("POST", "/files/", [OCTETS, ("Upload-Length", "11")]),
+])
+@pytest.mark.parametrize(("value", "kind"), [
+    ("sha3 " + "A" * 28, ErrorKind.UNSUPPORTED_CHECKSUM),
+    ("SHA1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=", ErrorKind.UNSUPPORTED_CHECKSUM),
+    ("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0", ErrorKind.INVALID_CHECKSUM),
+    ("sha1 !!!", ErrorKind.INVALID_CHECKSUM),
+    ("md5 Kq5sNclPz7QV2+lfQIuc6R7oRu0=", ErrorKind.INVALID_CHECKSUM),
+])
+def test_bad_checksum_header_is_400(method, path, pairs, value, kind) -> None:
+    error = fails(kind, method, path, V, *pairs, ("Upload-Checksum", value), body_size=11)
+    if kind is ErrorKind.UNSUPPORTED_CHECKSUM:
+        assert header(error.headers, "Tus-Checksum-Algorithm") == "md5,sha1,sha256,sha512,crc32"
+
+
+TRAILER = ("Trailer", "Upload-Checksum")
+NO_TRAILER = ProtocolSettings(extensions=tuple(name for name in DEFAULT_EXTENSIONS if name != "checksum-trailer"))
+
+
+@pytest.mark.parametrize(("pairs", "body_size", "settings", "trailer"), [
+    ([TRAILER], None, DEFAULT, True),                                # chunked, announced trailer
+    ([("Trailer", "X-Other, upload-checksum ")], None, DEFAULT, True),
+    ([TRAILER], 11, DEFAULT, False),                                 # a sized body has no trailer section
+    ([TRAILER], 0, DEFAULT, False),
+    ([TRAILER, ("Upload-Checksum", HELLO_SHA1)], None, DEFAULT, False),    # already given as a header
+    ([], None, DEFAULT, False),   # undeclared: not staged, so an interrupted body keeps its bytes (item 32)
+    ([("Trailer", "X-Other")], None, DEFAULT, False),
+])
+def test_trailer_checksum(pairs, body_size, settings: ProtocolSettings, trailer: bool) -> None:
+    patch = interpret("PATCH", UPLOAD, V, OCTETS, ("Upload-Offset", "0"), *pairs, body_size=body_size,
+                      settings=settings)
+    assert isinstance(patch, Append) and patch.trailer_checksum is trailer
+    post = interpret("POST", "/files/", V, OCTETS, ("Upload-Length", "11"), *pairs, body_size=body_size,
+                     settings=settings)
+    assert isinstance(post, Create) and post.trailer_checksum is trailer
+
+
+@pytest.mark.parametrize("settings", [NO_TRAILER, ProtocolSettings(extensions=("creation", "creation-with-upload"))])
+def test_declared_trailer_is_refused_without_checksum_trailer(settings: ProtocolSettings) -> None:
+    # item 4: an extension that is off is rejected, not half-served (the trailer would go unchecked)
+    fails(ErrorKind.EXTENSION_DISABLED, "PATCH", UPLOAD, V, OCTETS, ("Upload-Offset", "0"), TRAILER,
+          body_size=None, settings=settings)
+
+
+@pytest.mark.parametrize(("settings", "algorithms"), [
+    (DEFAULT, "md5,sha1,sha256,sha512,crc32"),
+    (ProtocolSettings(extensions=("creation", "checksum")), "md5,sha1,sha256,sha512,crc32"),
+    (NO_CONCAT_NO_CHECKSUM, None),
+    (ProtocolSettings(extensions=()), None),
+])
+def test_options_announces_checksum_algorithms_only_with_checksum(settings, algorithms) -> None:
+    # item 67: Tus-Checksum-Algorithm MUST be in OPTIONS when checksum is supported
+    assert header(tus.options_reply(settings).headers, "Tus-Checksum-Algorithm") == algorithms
+
+
+def test_options_lists_expiration_when_on() -> None:
+    settings = ProtocolSettings(extensions=ALL_EXTENSIONS, expire_after=60)
+    assert header(tus.options_reply(settings).headers, "Tus-Extension") == ",".join(ALL_EXTENSIONS)   # item 57
+
+
+# ---- concatenation: creation (items 75-81) ---------------------------------------------------
+
+P1, P2, P3 = "1" * 32, "2" * 32, "3" * 32
+
+
+@pytest.mark.parametrize(("pairs", "body_size", "expected"), [
+    ([("Upload-Length", "5"), ("Upload-Concat", "partial")], 0, Create(5, concat="partial")),
+    ([("Upload-Length", "5"), ("Upload-Concat", " partial ")], 0, Create(5, concat="partial")),
+    ([("Upload-Defer-Length", "1"), ("Upload-Concat", "partial")], 0, Create(None, concat="partial")),
+    ([("Upload-Length", "5"), ("Upload-Concat", "partial"), OCTETS], 5, Create(5, body_size=5, concat="partial")),
+    ([("Upload-Length", "5"), ("Upload-Concat", "partial"), ("Upload-Metadata", "a YQ==")], 0,
+     Create(5, {"a": b"a"}, "a YQ==", concat="partial")),
+])
+def test_create_partial(pairs, body_size, expected: Create) -> None:
+    intent = interpret("POST", "/files/", V, *pairs, body_size=body_size)
+    assert intent == expected
+    assert isinstance(intent, Create) and intent.partials == ()
+
+
+def final(value: str, *pairs: tuple[str, str], settings: ProtocolSettings = DEFAULT, scheme: str = "http",
+          body_size: int | None = 0) -> tus.Intent:
+    return tus.interpret(head("POST", settings.base_path, V, ("Upload-Concat", value), *pairs, scheme=scheme,
+                              body_size=body_size), settings)
+
+
+PUBLIC = ProtocolSettings(public_url="https://cdn.example/files/")
+
+
+@pytest.mark.parametrize(("urls", "pairs", "settings", "scheme", "partials"), [
+    # absolute, with our own scheme, host, port and base path (tus-js-client, item 81)
+    (f"http://example.com/files/{P1} http://example.com/files/{P2}", [("Host", "example.com")], DEFAULT, "http",
+     (P1, P2)),
+    (f"http://127.0.0.1:1080/files/{P1}", [("Host", "127.0.0.1:1080")], DEFAULT, "http", (P1,)),
+    (f"https://h:8443/files/{P2} https://h:8443/files/{P1}", [("Host", "h:8443")], DEFAULT, "https", (P2, P1)),
+    (f"http://[::1]:1080/files/{P1}", [("Host", "[::1]:1080")], DEFAULT, "http", (P1,)),
+    # relative
+    (f"/files/{P1} /files/{P2} /files/{P3}", [("Host", "example.com")], DEFAULT, "http", (P1, P2, P3)),
+    (f"/files/{P1}", [], DEFAULT, "http", (P1,)),
+    (f"/files/{P1} http://h/files/{P2}", [("Host", "h")], DEFAULT, "http", (P1, P2)),     # mixed
+    (f"/files/{P1} /files/{P1}", [], DEFAULT, "http", (P1, P1)),                          # reuse (item 79)
+    (f"/up/{P1}", [("Host", "h")], ProtocolSettings(base_path="/up/"), "http", (P1,)),
+    (f"http://h/up/{P1}", [("Host", "h")], ProtocolSettings(base_path="/up/"), "http", (P1,)),
+    # behind a proxy: the URLs the client saw
+    (f"https://pub.example/api/files/{P1}",
+     [("Host", "internal"), ("X-Forwarded-Host", "pub.example"), ("X-Forwarded-Proto", "https"),
+      ("X-Forwarded-Prefix", "/api")], PROXY, "http", (P1,)),
+    (f"/api/files/{P1} /api/files/{P2}", [("Host", "internal"), ("X-Forwarded-Prefix", "/api")], PROXY, "http",
+     (P1, P2)),
+    (f"https://pub.example/files/{P1}", [("Host", "internal"), ("Forwarded", "proto=https;host=pub.example")],
+     PROXY, "http", (P1,)),
+    # a configured public URL
+    (f"https://cdn.example/files/{P1}", [("Host", "internal:1080")], PUBLIC, "http", (P1,)),
+    (f"/files/{P1}", [("Host", "internal:1080")], PUBLIC, "http", (P1,)),
+])
+def test_create_final(urls: str, pairs, settings: ProtocolSettings, scheme: str, partials) -> None:
+    intent = final("final;" + urls, *pairs, settings=settings, scheme=scheme)
+    assert intent == Create(None, concat="final;" + urls, partials=partials)
+
+
+def test_create_final_keeps_metadata_and_exact_concat_value() -> None:
+    value = f"final;/files/{P1} http://h/files/{P2}"
+    intent = final(value, ("Host", "h"), ("Upload-Metadata", "filename YS50eHQ="))
+    assert isinstance(intent, Create)
+    assert intent.concat == value                                   # echoed byte for byte on HEAD (item 80)
+    assert intent.metadata == {"filename": b"a.txt"} and intent.metadata_header == "filename YS50eHQ="
+    assert intent.length is None and intent.body_size == 0
+
+
+@pytest.mark.parametrize(("urls", "pairs", "settings", "scheme"), [
+    (f"http://evil.example/files/{P1}", [("Host", "example.com")], DEFAULT, "http"),          # foreign host
+    (f"http://example.com:8080/files/{P1}", [("Host", "example.com")], DEFAULT, "http"),      # foreign port
+    (f"http://example.com/files/{P1}", [("Host", "example.com:8080")], DEFAULT, "http"),
+    (f"https://example.com/files/{P1}", [("Host", "example.com")], DEFAULT, "http"),          # foreign scheme
+    (f"http://example.com/files/{P1}", [("Host", "example.com")], DEFAULT, "https"),
+    (f"ftp://example.com/files/{P1}", [("Host", "example.com")], DEFAULT, "http"),
+    (f"http://example.com.evil/files/{P1}", [("Host", "example.com")], DEFAULT, "http"),
+    (f"http://example.com/files/{P1}", [], DEFAULT, "http"),                                  # we have no host
+    (f"http://example.com/other/{P1}", [("Host", "example.com")], DEFAULT, "http"),           # foreign path
+    (f"/other/{P1}", [], DEFAULT, "http"),
+    (f"/files/{P1}/x", [], DEFAULT, "http"),
+    (f"/files/{P1[:-1]}", [], DEFAULT, "http"),                                               # not an id
+    (f"/files/{UID.upper()}", [], DEFAULT, "http"),
+    (f"/files/../files/{P1}", [], DEFAULT, "http"),
+    ("/files/", [], DEFAULT, "http"),
+    (f"files/{P1}", [], DEFAULT, "http"),
+    (P1, [], DEFAULT, "http"),
+    (f"/files/{P1} /files/nope", [], DEFAULT, "http"),                                        # one bad URL
+    (f"//evil.example/files/{P1}", [], DEFAULT, "http"),
+    (f"http://internal/files/{P1}", [("Host", "internal")], PUBLIC, "http"),                  # not the public URL
+    (f"http://internal/files/{P1}", [("Host", "internal"), ("X-Forwarded-Host", "pub.example")], PROXY, "http"),
+    (f"/api/files/{P1}", [("Host", "internal"), ("X-Forwarded-Prefix", "/api")], DEFAULT, "http"),  # untrusted
+])
+def test_create_final_with_foreign_or_bad_url_is_invalid_partial(urls, pairs, settings, scheme) -> None:
+    with pytest.raises(TusError) as raised:
+        final("final;" + urls, *pairs, settings=settings, scheme=scheme)
+    assert raised.value.kind is ErrorKind.INVALID_PARTIAL
+    assert raised.value.status == 400
+
+
+def test_create_final_relative_url_under_public_url_path() -> None:
+    # Item 81: relative URLs map back too. With a public URL whose path differs from base_path (a proxy
+    # that rewrites /uploads/ to /files/), the client-visible relative path is /uploads/<id>, just as
+    # X-Forwarded-Prefix paths are accepted behind a proxy.
+    settings = ProtocolSettings(public_url="https://cdn.example/uploads/")
+    assert final(f"final;https://cdn.example/uploads/{P1}", settings=settings) == \
+        Create(None, concat=f"final;https://cdn.example/uploads/{P1}", partials=(P1,))
+    assert final(f"final;/uploads/{P1}", settings=settings) == \
+        Create(None, concat=f"final;/uploads/{P1}", partials=(P1,))
+
+
+@pytest.mark.parametrize(("pairs", "body_size", "kind"), [
+    ([("Upload-Length", "10")], 0, ErrorKind.FINAL_WITH_LENGTH),                # item 77
+    ([("Upload-Length", "0")], 0, ErrorKind.FINAL_WITH_LENGTH),
+    ([("Upload-Defer-Length", "1")], 0, ErrorKind.FINAL_WITH_LENGTH),
+    ([OCTETS], 5, ErrorKind.FINAL_WITH_BODY),
+    ([OCTETS], None, ErrorKind.FINAL_WITH_BODY),
+    ([("Content-Type", "text/plain")], 5, ErrorKind.FINAL_WITH_BODY),
+])
+def test_create_final_rejects_length_and_body(pairs, body_size, kind: ErrorKind) -> None:
+    with pytest.raises(TusError) as raised:
+        final(f"final;/files/{P1}", *pairs, body_size=body_size)
+    assert raised.value.kind is kind
+    assert raised.value.status == 400
+
+
+@pytest.mark.parametrize("value", ["final;", "final; /files/" + P1, "finalx;/files/" + P1,
+                                   f"final;/files/{P1}  /files/{P2}", "", "partial;/files/" + P1, "Final;/x"])
+def test_create_with_malformed_concat_is_400(value: str) -> None:
+    with pytest.raises(TusError) as raised:
+        final(value, ("Upload-Length", "5"))
+    assert raised.value.kind is ErrorKind.INVALID_CONCAT
+    assert raised.value.status == 400
+
+
+def test_create_final_needs_concatenation() -> None:
+    fails(ErrorKind.EXTENSION_DISABLED, "POST", "/files/", V, ("Upload-Concat", f"final;/files/{P1}"),
+          settings=NO_CONCAT_NO_CHECKSUM)
+
+
+# ---- concatenation: plan_final ---------------------------------------------------------------
+
+def partial(length: int | None, offset: int | None = None, upload_id: str = P1) -> UploadInfo:
+    return UploadInfo(upload_id, length, length or 0 if offset is None else offset, concat="partial")
+
+
+UNFINISHED_OK = DEFAULT                                                    # concatenation-unfinished is on
+FINISHED_ONLY = ProtocolSettings(extensions=("creation", "concatenation"))
+
+
+@pytest.mark.parametrize(("partials", "settings", "length"), [
+    ([partial(5), partial(7, upload_id=P2)], FINISHED_ONLY, 12),           # item 77: the sum
+    ([partial(5), partial(5)], FINISHED_ONLY, 10),                         # the same partial twice
+    ([partial(0)], FINISHED_ONLY, 0),
+    ([partial(5), partial(7, 0, P2)], UNFINISHED_OK, 12),                  # item 82
+    ([partial(5, 2), partial(7, 0, P2)], UNFINISHED_OK, 12),
+    ([partial(5), partial(None, 3, P2)], UNFINISHED_OK, None),             # deferred: length unknown yet
+    ([partial(None, 0), partial(None, 0, P2)], UNFINISHED_OK, None),
+])
+def test_plan_final(partials, settings: ProtocolSettings, length: int | None) -> None:
+    assert tus.plan_final(partials, settings) == length
+
+
+@pytest.mark.parametrize(("partials", "settings", "kind"), [
+    ([UploadInfo(P1, 5, 5)], UNFINISHED_OK, ErrorKind.INVALID_PARTIAL),    # not a partial upload
+    ([partial(5), UploadInfo(P2, 5, 5)], UNFINISHED_OK, ErrorKind.INVALID_PARTIAL),
+    ([UploadInfo(P1, 5, 5, concat=f"final;/files/{P2}", partials=(P2,))], UNFINISHED_OK,
+     ErrorKind.INVALID_PARTIAL),                                           # a final is not a partial
+    ([partial(5, 4)], FINISHED_ONLY, ErrorKind.UNFINISHED_PARTIAL),        # item 78
+    ([partial(5), partial(7, 0, P2)], FINISHED_ONLY, ErrorKind.UNFINISHED_PARTIAL),
+    ([partial(None, 0)], FINISHED_ONLY, ErrorKind.UNFINISHED_PARTIAL),
+])
+def test_plan_final_rejects(partials, settings: ProtocolSettings, kind: ErrorKind) -> None:
+    with pytest.raises(TusError) as raised:
+        tus.plan_final(partials, settings)
+    assert raised.value.kind is kind
+    assert raised.value.status == 400
+
+
+@pytest.mark.parametrize("settings", [ProtocolSettings(max_size=1000),
+                                      ProtocolSettings(max_size=1000, extensions=("creation", "concatenation"))])
+def test_plan_final_over_max_size_is_413(settings: ProtocolSettings) -> None:
+    # Item 47: an upload longer than Tus-Max-Size gets 413 and is not created. Each partial is within
+    # the limit, but the final they add up to (1200 bytes) is not.
+    with pytest.raises(TusError) as raised:
+        tus.plan_final([partial(600), partial(600, upload_id=P2)], settings)
+    assert raised.value.kind is ErrorKind.MAX_SIZE_EXCEEDED
+    assert raised.value.status == 413
+    assert tus.plan_final([partial(600), partial(400, upload_id=P2)], settings) == 1000
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=20))
+def test_plan_final_length_is_the_sum(lengths: list[int]) -> None:
+    partials = [partial(length) for length in lengths]
+    assert tus.plan_final(partials, FINISHED_ONLY) == sum(lengths)
+
+
+# ---- concatenation: PATCH on a final, HEAD and 201 -------------------------------------------
+
+FINAL_CONCAT = f"final;/files/{P1} /files/{P2}"
+
+
+def final_info(length: int | None, offset: int = 0, **kwargs) -> UploadInfo:
+    return UploadInfo(UID, length, offset, concat=FINAL_CONCAT, partials=(P1, P2), **kwargs)
+
+
+@pytest.mark.parametrize(("intent", "upload"), [
+    (Append(UID, 0, None, 5), final_info(10)),                   # unfinished
+    (Append(UID, 10, None, 0), final_info(10, 10)),              # finished, empty body at the end
+    (Append(UID, 3, None, 5), final_info(10)),                   # 403 comes before the offset check
+    (Append(UID, 0, 10, 0), final_info(None)),
+])
+def test_plan_append_on_final_is_403(intent: Append, upload: UploadInfo) -> None:
+    with pytest.raises(TusError) as raised:
+        tus.plan_append(intent, upload, DEFAULT)
+    assert raised.value.kind is ErrorKind.FINAL_IS_READ_ONLY     # items 37, 80
+    assert raised.value.status == 403
+
+
+def test_plan_append_on_partial_is_normal() -> None:
+    upload = UploadInfo(UID, 10, 4, concat="partial")
+    assert tus.plan_append(Append(UID, 4, None, 6), upload, DEFAULT) == AppendPlan(6, ErrorKind.SIZE_EXCEEDED)
+
+
+@pytest.mark.parametrize(("upload", "expected", "absent"), [
+    # item 80: no Upload-Offset on a final before it is joined; Upload-Length whenever it is known
+    (final_info(10, 0), {"Upload-Length": "10", "Upload-Concat": FINAL_CONCAT, "Content-Length": "10"},
+     ["Upload-Offset", "Upload-Defer-Length"]),
+    (final_info(None, 0), {"Upload-Concat": FINAL_CONCAT},
+     ["Upload-Offset", "Upload-Length", "Upload-Defer-Length", "Content-Length"]),
+    # joined: Upload-Offset and Upload-Length both present and equal
+    (final_info(10, 10), {"Upload-Offset": "10", "Upload-Length": "10", "Upload-Concat": FINAL_CONCAT},
+     ["Upload-Defer-Length"]),
+    (final_info(0, 0), {"Upload-Offset": "0", "Upload-Length": "0"}, ["Upload-Defer-Length"]),
+    # a partial always has Upload-Offset and echoes Upload-Concat
+    (UploadInfo(UID, 10, 3, concat="partial"), {"Upload-Offset": "3", "Upload-Length": "10",
+                                                "Upload-Concat": "partial"}, ["Upload-Defer-Length"]),
+    (UploadInfo(UID, None, 3, concat="partial"), {"Upload-Offset": "3", "Upload-Defer-Length": "1",
+                                                  "Upload-Concat": "partial"}, ["Upload-Length"]),
+])
+def test_head_reply_concatenation(upload: UploadInfo, expected: dict[str, str], absent: list[str]) -> None:
+    reply = tus.head_reply(upload, DEFAULT)
+    assert reply.status == 200 and reply.body == b""
+    for name, value in expected.items():
+        assert header(reply.headers, name) == value
+    for name in absent:
+        assert header(reply.headers, name) is None
+
+
+def test_head_reply_echoes_concat_byte_for_byte() -> None:
+    value = f"final;http://h/files/{P1} /files/{P2}"
+    reply = tus.head_reply(UploadInfo(UID, 4, 4, concat=value, partials=(P1, P2)), DEFAULT)
+    assert header(reply.headers, "Upload-Concat") == value
+
+
+@pytest.mark.parametrize(("upload", "offset"), [
+    (final_info(10, 0), None),
+    (final_info(None, 0), None),
+    (final_info(10, 10), "10"),
+    (UploadInfo(UID, 10, 0, concat="partial"), "0"),
+])
+def test_created_reply_concatenation(upload: UploadInfo, offset: str | None) -> None:
+    reply = tus.created_reply(upload, "http://h/files/" + UID, DEFAULT)
+    assert reply.status == 201
+    assert header(reply.headers, "Location") == "http://h/files/" + UID
+    assert header(reply.headers, "Upload-Offset") == offset
+    assert header(reply.headers, "Upload-Concat") == upload.concat            # item 77 [DE-FACTO]
+
+
+# ---- expiration (items 57-61) ----------------------------------------------------------------
+
+DAY = 86400.0
+EXPIRING = ProtocolSettings(extensions=ALL_EXTENSIONS, expire_after=DAY)
+T0 = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(("upload", "settings", "expected"), [
+    (info(100, 10, created_at=T0, updated_at=T0 + 500), EXPIRING, T0 + 500 + DAY),   # sliding from last write
+    (info(100, 10, created_at=T0), EXPIRING, T0 + DAY),                             # falls back to creation
+    (info(None, 10, created_at=T0, updated_at=T0 + 1), EXPIRING, T0 + 1 + DAY),
+    (info(100, 100, created_at=T0, updated_at=T0), EXPIRING, None),                 # item 61: finished
+    (info(0, 0, created_at=T0), EXPIRING, None),
+    (info(100, 10, created_at=T0, updated_at=T0 + 500), DEFAULT, None),            # expiration off
+    (final_info(10, 0, created_at=T0), EXPIRING, T0 + DAY),
+    (final_info(10, 10, created_at=T0), EXPIRING, None),
+])
+def test_expires_at(upload: UploadInfo, settings: ProtocolSettings, expected: float | None) -> None:
+    assert tus.expires_at(upload, settings) == expected
+
+
+@pytest.mark.parametrize(("upload", "now", "gone"), [
+    (info(100, 10, created_at=T0, updated_at=T0 + 500), T0 + 500 + DAY - 1, False),
+    (info(100, 10, created_at=T0, updated_at=T0 + 500), T0 + 500 + DAY, True),
+    (info(100, 10, created_at=T0, updated_at=T0 + 500), T0 + DAY + 1, False),      # the write pushed it back
+    (info(100, 10, created_at=T0), T0 + DAY + 1, True),
+    (info(100, 100, created_at=T0), T0 + 1000 * DAY, False),                      # finished uploads never expire
+])
+def test_check_not_expired(upload: UploadInfo, now: float, gone: bool) -> None:
+    if gone:
+        with pytest.raises(TusError) as raised:
+            tus.check_not_expired(upload, EXPIRING, now)
+        assert raised.value.kind is ErrorKind.GONE
+        assert raised.value.status == 410                                          # item 60
+    else:
+        tus.check_not_expired(upload, EXPIRING, now)
+    tus.check_not_expired(upload, DEFAULT, now + 1000 * DAY)                       # off: nothing expires
+
+
+@pytest.mark.parametrize(("timestamp", "expected"), [
+    (1403712000, "Wed, 25 Jun 2014 16:00:00 GMT"),           # item 59's example
+    (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+    (1_767_582_245.75, "Mon, 05 Jan 2026 03:04:05 GMT"),     # zero-padded, fraction dropped
+])
+def test_http_date(timestamp: float, expected: str) -> None:
+    assert tus.http_date(timestamp) == expected
+
+
+IMF_FIXDATE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                         r"[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT")
+
+
+@given(st.floats(min_value=0, max_value=253402300799, allow_nan=False))
+def test_http_date_is_imf_fixdate(timestamp: float) -> None:
+    value = tus.http_date(timestamp)
+    assert IMF_FIXDATE.fullmatch(value), value
+    assert parsedate_to_datetime(value).timestamp() == int(timestamp)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"expire_after": -1.0},
+    {"expire_after": -DAY},
+    {"expire_after": float("nan")},
+])
+def test_protocol_settings_expiration_needs_a_positive_period(kwargs: dict) -> None:
+    # "expiration" in extensions iff expire_after is positive: a negative period would make every
+    # unfinished upload expire at once (410 right after creation).
+    with pytest.raises(ValueError):
+        ProtocolSettings(extensions=ALL_EXTENSIONS, **kwargs)
+    with pytest.raises(ValueError):
+        ProtocolSettings(**kwargs)
+
+
+def test_replies_carry_upload_expires_while_the_upload_can_expire() -> None:
+    unfinished = info(100, 40, created_at=T0, updated_at=T0 + 5)
+    expires = tus.http_date(T0 + 5 + DAY)
+    location = "http://h/files/" + UID
+    # item 49: in the 201; item 58: in every PATCH response; item 22: optional on HEAD
+    assert header(tus.created_reply(unfinished, location, EXPIRING).headers, "Upload-Expires") == expires
+    assert header(tus.append_reply(unfinished, EXPIRING).headers, "Upload-Expires") == expires
+    assert header(tus.head_reply(unfinished, EXPIRING).headers, "Upload-Expires") == expires
+    assert tus.append_reply(unfinished, EXPIRING).headers == [("Upload-Offset", "40"), ("Upload-Expires", expires)]
+    finished = info(100, 100, created_at=T0, updated_at=T0 + 5)
+    for reply in (tus.created_reply(finished, location, EXPIRING), tus.append_reply(finished, EXPIRING),
+                  tus.head_reply(finished, EXPIRING)):
+        assert header(reply.headers, "Upload-Expires") is None
+    for reply in (tus.created_reply(unfinished, location, DEFAULT), tus.append_reply(unfinished, DEFAULT),
+                  tus.head_reply(unfinished, DEFAULT)):
+        assert header(reply.headers, "Upload-Expires") is None
