@@ -239,7 +239,6 @@ def test_deferred_length(server: Any, source_factory: Any) -> None:
     assert_stored_equals(server, uploader.url, source)
 
 
-@pytest.mark.skip(reason="the checksum extension is not implemented in tusfast yet")
 def test_upload_checksum(server: Any, source_factory: Any) -> None:
     source = source_factory(MiB + 5)
     uploader = tus_client.TusClient(server.url).uploader(str(source), chunk_size=256 * 1024,

@@ -13,7 +13,7 @@ ALLOW_HEADERS = ("Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-
 # Without Location and Upload-Offset exposed, browser clients cannot resume.
 EXPOSE_HEADERS = ("Location, Upload-Offset, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
                   "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
-                  "Upload-Concat, Upload-Expires")
+                  "Upload-Concat, Upload-Expires, ETag, Last-Modified, Content-Range, Content-Disposition")
 PREFLIGHT_MAX_AGE = "86400"
 
 

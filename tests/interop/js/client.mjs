@@ -20,6 +20,10 @@
 //                            newest upload found there
 //   retryDelays              array of ms, or null to disable retries (default [0, 200, 500, 1000])
 //   requestDelayMs           sleep this long before each PATCH (slows the upload down)
+//   parallelUploads          split the file into N partial uploads (Upload-Concat: partial)
+//                            sent in parallel, then create the final upload (concatenation)
+//   parallelUploadBoundaries with parallelUploads: array of {start, end} byte ranges, one a part
+//   metadataForPartialUploads with parallelUploads: metadata object sent on each partial upload
 //   timeoutMs                give up (and report an error) after this long (default 60000)
 //
 // Prints exactly one JSON line on stdout:
@@ -37,8 +41,9 @@ const REQUEST_HEADERS = [
   'Upload-Defer-Length',
   'Upload-Metadata',
   'Content-Type',
+  'Upload-Concat',
 ]
-const RESPONSE_HEADERS = ['upload-offset', 'upload-length', 'location', 'tus-resumable']
+const RESPONSE_HEADERS = ['upload-offset', 'upload-length', 'location', 'tus-resumable', 'upload-concat']
 
 let printed = false
 function finish(result, code = 0) {
@@ -171,6 +176,9 @@ async function main(o) {
     },
   }
   if (o.uploadSize != null) options.uploadSize = o.uploadSize
+  if (o.parallelUploads != null) options.parallelUploads = o.parallelUploads
+  if (o.parallelUploadBoundaries != null) options.parallelUploadBoundaries = o.parallelUploadBoundaries
+  if (o.metadataForPartialUploads != null) options.metadataForPartialUploads = o.metadataForPartialUploads
   if (o.uploadUrl) options.uploadUrl = o.uploadUrl
   if (o.urlStorage) {
     options.urlStorage = new FileUrlStorage(o.urlStorage)
