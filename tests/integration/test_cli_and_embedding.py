@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import StartServer
+from tests.support.tls import self_signed
 from tusfast import Config, TusServer, __version__
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -90,16 +91,9 @@ def test_unix_socket(tmp_path: Path) -> None:
         assert process.wait(20) == 0
 
 
-def _self_signed(tmp_path: Path) -> tuple[str, str]:
-    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return cert, key
-
 
 def test_tls(start_server: StartServer, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = start_server("--tls-cert", cert, "--tls-key", key)
     assert server.url.startswith("https://")
     created = requests.post(server.url, headers={**TUS, "Upload-Length": "5"}, verify=cert)

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ import requests
 
 from tests.conftest import StartServer
 from tests.support.server_process import ServerProcess
+from tests.support.tls import self_signed
 
 from .rawhttp import (
     OCTET,
@@ -430,16 +430,9 @@ def test_pipelined_downloads(server: ServerProcess, sample: tuple[str, bytes]) -
     assert (first.status, second.status, third.status) == (200, 206, 200)
 
 
-def _self_signed(tmp_path: Path) -> tuple[str, str]:
-    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return cert, key
-
 
 def test_tls_download(start_server: StartServer, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = start_server("--tls-cert", cert, "--tls-key", key)
     assert server.url.startswith("https://")
     data = os.urandom(6 * MiB + 5)
