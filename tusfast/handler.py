@@ -130,6 +130,7 @@ class TusHandler:
         except TusError as error:
             if error.kind is ErrorKind.CHECKSUM_MISMATCH and isinstance(self._storage, Terminatable):
                 await self._storage.terminate(info)
+                await self._locker.forget(info.id)
             raise
 
     async def _create_final(self, intent: Create, head: RequestHead, request: HttpRequest) -> Reply:
@@ -210,6 +211,7 @@ class TusHandler:
             await self._hook(HookEvent.PRE_TERMINATE, info, request)
             assert isinstance(self._storage, Terminatable)    # the route exists only if it is
             await self._storage.terminate(info)
+            await self._locker.forget(info.id)
         log.info("upload terminated id=%s", info.id)
         await self._hook(HookEvent.POST_TERMINATE, info, request)
         return tus.terminated_reply()

@@ -56,6 +56,7 @@ class ExpirySweeper:
                 return False
             assert isinstance(self._storage, Expirable)
             await self._storage.expire(info)
+            await self._locker.forget(upload_id)
         except UploadNotFound:
             return False
         finally:

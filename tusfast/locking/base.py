@@ -19,3 +19,6 @@ class Locker(Protocol):
     async def acquire(self, upload_id: str, on_release_requested: Callable[[], None]) -> Lock:
         """Wait for the lock on upload_id, asking any current holder to release it.
         `on_release_requested` is called, at most once, if a later request asks us to let go."""
+
+    async def forget(self, upload_id: str) -> None:
+        """The upload is gone (call while holding its lock): drop what the locker keeps for it."""

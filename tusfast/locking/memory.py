@@ -52,6 +52,9 @@ class MemoryLocker:
             del self._holders[upload_id]
         holder.released.set()
 
+    async def forget(self, upload_id: str) -> None:
+        return None     # nothing outlives a lock here
+
     def request_release(self, upload_id: str) -> None:
         """Ask the holder of upload_id, if any, to let go (used for requests from other processes)."""
         holder = self._holders.get(upload_id)

