@@ -246,6 +246,7 @@ class RequestBody:
             if self._decoder.done:
                 return []
             self._request_body()
+            self._flow.resume_reading()     # it may have been paused in case of a splice
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
 

@@ -145,6 +145,10 @@ class HttpConnection(asyncio.Protocol):
         self._exchange = exchange
         if leftover:
             self._pending += exchange.body.feed(leftover) if exchange.body.open else leftover
+        if exchange.body.can_splice():
+            # Leave the body in the socket until the application chooses how to take it:
+            # whatever the transport reads now would miss the splice path.
+            self._flow.pause_reading()
         self._state.spawn(self._serve(exchange))
 
     def _send_continue(self) -> None:
