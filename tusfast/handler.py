@@ -29,11 +29,12 @@ from .http.body import Buffer, BodyAborted, BodyError, BodyTimeout, ClientDiscon
 from .http.messages import FileBody, HttpRequest, HttpResponse
 from .locking import Locker, LockTimeout
 from .nativeio import SpliceError
-from .storage import (Concatenatable, LengthDeferrable, Readable, SpliceTarget, Storage, StorageFull, StorageUnavailable,
+from .storage import (Concatenatable, LengthDeferrable, Readable, DirectWriter, Storage, StorageFull, StorageUnavailable,
                       Terminatable, UploadCorrupt, UploadGone, UploadNotFound, UploadWriter)
 
 log = logging.getLogger("tusfast")
 
+# Most specific first: the first class an error is an instance of decides.
 STORAGE_ERRORS: dict[type[Exception], ErrorKind] = {
     UploadGone: ErrorKind.GONE,
     UploadNotFound: ErrorKind.NOT_FOUND,
@@ -89,7 +90,8 @@ class TusHandler:
         except tuple(STORAGE_ERRORS) as error:
             if not isinstance(error, UploadNotFound):
                 log.warning("%s %s: %s", request.method, request.target, error)
-            reply = tus.error_reply(TusError(STORAGE_ERRORS[type(error)]))
+            kind = next(kind for cls, kind in STORAGE_ERRORS.items() if isinstance(error, cls))
+            reply = tus.error_reply(TusError(kind))
         return self._respond(reply, request)
 
     def _respond(self, reply: Reply, request: HttpRequest) -> HttpResponse:
@@ -263,9 +265,12 @@ class TusHandler:
     async def _pump(self, writer: UploadWriter, progress: "_Progress", plan: AppendPlan, body: RequestBody,
                     checksum: Checksum | None) -> None:
         end = None if plan.limit is None else progress.offset + plan.limit
-        # A known body size was checked against the limit up front, so splicing it all is safe.
-        if checksum is None and isinstance(writer, SpliceTarget) and body.size is not None and body.can_splice():
-            await self._splice(writer, writer, progress, body)
+        # A known body size was checked against the limit up front, so taking it all is safe.
+        if isinstance(writer, DirectWriter) and body.size is not None and body.can_splice():
+            if checksum is None:
+                await self._splice(writer, writer, progress, body)
+            else:
+                await self._read_hashed(writer, writer, progress, body, checksum)
         while True:
             try:
                 chunks = await body.read()
@@ -280,7 +285,7 @@ class TusHandler:
                 raise TusError(plan.limit_error, headers=progress.header())
             await self._write(writer, progress, chunks, checksum)
 
-    async def _splice(self, writer: UploadWriter, target: SpliceTarget, progress: "_Progress",
+    async def _splice(self, writer: UploadWriter, target: DirectWriter, progress: "_Progress",
                       body: RequestBody) -> None:
         """The hot path: the rest of the body goes from the socket to the file inside the kernel."""
         await self._write(writer, progress, body.begin_splice(), None)
@@ -297,6 +302,23 @@ class TusHandler:
             raise TusError(kind, headers=progress.header(progress.offset)) from None
         finally:
             progress.kept = progress.offset
+
+    async def _read_hashed(self, writer: UploadWriter, direct: DirectWriter, progress: "_Progress",
+                           body: RequestBody, checksum: Checksum) -> None:
+        """Checksummed bodies: a worker thread reads into a reused buffer, hashes it and writes it."""
+        await self._write(writer, progress, body.begin_splice(), checksum)
+        start = progress.offset
+
+        def consume(part: memoryview, position: int) -> None:
+            checksum.update([part])
+            direct.write_now(start + position, part)
+
+        try:
+            progress.offset += await body.read_into(consume)
+        except BodyError as error:
+            raise TusError(BODY_ERRORS[type(error)], headers=progress.header()) from None
+        except StorageFull:
+            raise TusError(ErrorKind.STORAGE_FULL, headers=progress.header()) from None
 
     async def _write(self, writer: UploadWriter, progress: "_Progress", chunks: list[Buffer],
                      checksum: Checksum | None) -> None:

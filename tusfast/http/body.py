@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Callable, Protocol, Union
+from typing import Awaitable, Callable, Protocol, Union
 
 from . import splice
 from .flow import FlowControl
@@ -272,15 +272,28 @@ class RequestBody:
     async def splice_into(self, fd: int, offset: int, stored: splice.Stored) -> int:
         """Move the rest of the body into fd at offset; returns the bytes moved. Raises BodyError
         (after accounting for every byte stored) if the body does not arrive in full."""
+        assert self._splice_from is not None
+        sock = self._splice_from
+        return await self._take_rest(lambda count, cancelled: splice.splice_body(
+            sock, fd, offset, count, stored, self._timeout, cancelled))
+
+    async def read_into(self, consume: splice.Consume) -> int:
+        """Like splice_into, but every part passes through `consume(part, position)` in a worker
+        thread, from a reused buffer: for bodies that must be hashed on their way to storage."""
+        assert self._splice_from is not None
+        sock = self._splice_from
+        return await self._take_rest(lambda count, cancelled: splice.read_body(
+            sock, count, consume, self._timeout, cancelled))
+
+    async def _take_rest(self, transfer: Callable[[int, "asyncio.Future[None]"], Awaitable[int]]) -> int:
         decoder = self._decoder
-        assert isinstance(decoder, ContentLengthDecoder) and self._splice_from is not None
+        assert isinstance(decoder, ContentLengthDecoder)
         self._splicing = asyncio.get_running_loop().create_future()
         if self._error is not None:
             self._splicing.set_result(None)
         moved = 0
         try:
-            moved = await splice.splice_body(self._splice_from, fd, offset, decoder.remaining, stored,
-                                             self._timeout, self._splicing)
+            moved = await transfer(decoder.remaining, self._splicing)
         except splice.SpliceEnded as ended:
             moved = ended.moved
             raise self._error or _SPLICE_ERRORS[ended.reason]("body ended early") from None

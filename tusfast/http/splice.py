@@ -1,10 +1,13 @@
-"""Receive a request body from the socket straight into a file with splice(2): socket -> pipe ->
-file inside the kernel, no copy through Python.
+"""Receive a request body straight from the socket, bypassing the transport, in one of two ways:
+
+* splice(2): socket -> pipe -> file inside the kernel; the bytes never enter Python.
+* read into a reused per-thread buffer, then hand the buffer to a consumer (hash, then write):
+  for bodies that must be looked at, still without allocating per chunk.
 
 The transport's reading is paused for the whole time, so uvloop never touches the socket while we
 read it. Readiness is awaited on the event loop (on a dup of the socket: uvloop refuses add_reader
-on a socket its transport owns); the splice steps themselves run in worker threads, because storing
-into the page cache can block on the disk. Each thread keeps one reusable pipe, empty between steps.
+on a socket its transport owns); the steps themselves run in worker threads, because storing into
+the page cache can block on the disk. Each thread keeps one pipe and one buffer for reuse.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from .. import nativeio
 
 STEP = 8 * 1024 * 1024          # bytes per worker-thread step
 PIPE_SIZE = 1024 * 1024
+BUFFER_SIZE = 4 * 1024 * 1024   # per-thread read buffer of the consuming path
 MIN_SPLICE = 256 * 1024         # smaller bodies are cheaper through the ordinary path
 
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tusfast-splice")
 _local = threading.local()
 
 Stored = Callable[[int, int], None]     # (offset, count) -> None, called in the worker thread
+Consume = Callable[[memoryview, int], None]     # (bytes, their position in the body), in the worker thread
+Step = Callable[[int, int], int]        # (bytes done, most to move now) -> moved; 0 = end of stream
 
 
 class SpliceEnded(Exception):
@@ -40,6 +46,20 @@ class SpliceEnded(Exception):
 async def splice_body(sock_fd: int, file_fd: int, offset: int, count: int, stored: Stored,
                       timeout: float, cancelled: "asyncio.Future[None]") -> int:
     """Move exactly `count` body bytes into file_fd at offset; raises SpliceEnded if they never come."""
+    def step(done: int, most: int) -> int:
+        return _splice_step(sock_fd, file_fd, offset + done, most, stored)
+    return await _drive(sock_fd, count, step, timeout, cancelled)
+
+
+async def read_body(sock_fd: int, count: int, consume: Consume, timeout: float,
+                    cancelled: "asyncio.Future[None]") -> int:
+    """Read exactly `count` body bytes into reused buffers, handing each to `consume`."""
+    def step(done: int, most: int) -> int:
+        return _read_step(sock_fd, most, consume, done)
+    return await _drive(sock_fd, count, step, timeout, cancelled)
+
+
+async def _drive(sock_fd: int, count: int, step: Step, timeout: float, cancelled: "asyncio.Future[None]") -> int:
     loop = asyncio.get_running_loop()
     watched = os.dup(sock_fd)
     moved = 0
@@ -47,9 +67,8 @@ async def splice_body(sock_fd: int, file_fd: int, offset: int, count: int, store
         while moved < count:
             if cancelled.done():
                 raise SpliceEnded(moved, "aborted")
-            step = min(STEP, count - moved)
             try:
-                n = await loop.run_in_executor(_executor, _step, sock_fd, file_fd, offset + moved, step, stored)
+                n = await loop.run_in_executor(_executor, step, moved, min(STEP, count - moved))
             except BlockingIOError:
                 await _readable(loop, watched, timeout, cancelled, moved)
                 continue
@@ -64,7 +83,33 @@ async def splice_body(sock_fd: int, file_fd: int, offset: int, count: int, store
         os.close(watched)
 
 
-def _step(sock_fd: int, file_fd: int, offset: int, count: int, stored: Stored) -> int:
+def _read_step(sock_fd: int, count: int, consume: Consume, done: int) -> int:
+    """Fill the thread's buffer from the socket (up to count), then consume it in one go."""
+    buffer = _buffer()
+    limit, filled = min(count, len(buffer)), 0
+    while filled < limit:
+        try:
+            n = os.readv(sock_fd, [buffer[filled:limit]])
+        except BlockingIOError:
+            if filled:
+                break
+            raise
+        if n == 0:
+            break
+        filled += n
+    if filled:
+        consume(buffer[:filled], done)
+    return filled
+
+
+def _buffer() -> memoryview:
+    buffer: memoryview | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = memoryview(bytearray(BUFFER_SIZE))
+    return buffer
+
+
+def _splice_step(sock_fd: int, file_fd: int, offset: int, count: int, stored: Stored) -> int:
     pipe_r, pipe_w = _pipe()
     try:
         n = nativeio.splice_to_file(sock_fd, pipe_r, pipe_w, file_fd, offset, count)

@@ -1,10 +1,10 @@
 """Where upload bytes and info live. Knows nothing of HTTP."""
 
-from .base import (EXTENSION_PROTOCOLS, Concatenatable, Expirable, LengthDeferrable, Readable, SpliceTarget,
+from .base import (EXTENSION_PROTOCOLS, Concatenatable, Expirable, LengthDeferrable, Readable, DirectWriter,
                    Storage, StorageError, StorageFull, StorageUnavailable, Terminatable, UploadCorrupt, UploadGone,
                    UploadNotFound, UploadWriter, supports)
 from .file import FileStorage
 
 __all__ = ["EXTENSION_PROTOCOLS", "Concatenatable", "Expirable", "FileStorage", "LengthDeferrable", "Readable",
-           "SpliceTarget", "Storage", "StorageError", "StorageFull", "StorageUnavailable", "Terminatable",
+           "DirectWriter", "Storage", "StorageError", "StorageFull", "StorageUnavailable", "Terminatable",
            "UploadCorrupt", "UploadGone", "UploadNotFound", "UploadWriter", "supports"]

@@ -50,11 +50,15 @@ class UploadWriter(Protocol):
 
 
 @runtime_checkable
-class SpliceTarget(Protocol):
-    """A writer backed by a file descriptor that bodies can be spliced into."""
+class DirectWriter(Protocol):
+    """A writer that worker threads may feed directly: splice into its file descriptor, or write
+    a buffer synchronously. The body never has to come back to the event loop."""
 
     def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
         """(fd, stored): `stored(offset, count)` is called after bytes land in fd by other means."""
+
+    def write_now(self, offset: int, data: Buffer) -> None:
+        """Blocking write, from a worker thread. Raises StorageError subclasses or OSError."""
 
 
 class Storage(Protocol):

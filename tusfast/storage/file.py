@@ -81,6 +81,12 @@ class FileWriter:
     def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
         return self._fd, self.wrote
 
+    def write_now(self, offset: int, data: Buffer) -> None:
+        try:
+            self._write_paced([data], offset)
+        except OSError as exc:
+            raise translate(exc) from exc
+
     def wrote(self, offset: int, count: int) -> None:
         """Account for bytes written at offset (also by splice): every full window goes to disk."""
         end = offset + count
