@@ -192,6 +192,17 @@ def test_kill_with_deferred_length_upload(start_server) -> None:
 # ---- concurrency on one upload [35, 74] --------------------------------------------------------------
 
 
+
+def assert_late_sender_refused(raw: RawConnection, rest: bytes) -> None:
+    """A stalled client that wakes up and sends the rest of its body must not tear the data: it
+    gets a 4xx, or finds its connection closed."""
+    raw.try_send(rest)
+    try:
+        late = raw.read_response("PATCH")
+        assert 400 <= late.status < 500, late
+    except (ConnectionClosed, socket.timeout, TimeoutError):
+        pass
+
 def stalled_patch(server: ServerProcess, url: str, payload: bytes, sent: int) -> RawConnection:
     raw = RawConnection.to(server)
     raw.request("PATCH", path_of(url), patch_headers(0, len(payload)))
@@ -216,12 +227,7 @@ def test_head_interrupts_stalled_patch(server) -> None:
         assert response.status_code == 204, (response.status_code, response.text)
         assert response.headers["Upload-Offset"] == str(len(payload))
         # the stalled client wakes up and sends the rest of its body: it must not tear the data
-        raw.try_send(payload[50_000:])
-        try:
-            late = raw.read_response("PATCH")
-            assert 400 <= late.status < 500, late
-        except (ConnectionClosed, socket.timeout, TimeoutError):
-            pass
+        assert_late_sender_refused(raw, payload[50_000:])
     finally:
         raw.close()
     assert offset_of(url) == len(payload)
@@ -241,12 +247,7 @@ def test_patch_interrupts_stalled_patch(server) -> None:
                              payload[int(response.headers["Upload-Offset"]):])
         assert response.status_code == 204, (response.status_code, response.text)
         assert response.headers["Upload-Offset"] == str(len(payload))
-        raw.try_send(payload[30_000:40_000])
-        try:
-            late = raw.read_response("PATCH")
-            assert 400 <= late.status < 500, late
-        except (ConnectionClosed, socket.timeout, TimeoutError):
-            pass
+        assert_late_sender_refused(raw, payload[30_000:40_000])
     finally:
         raw.close()
     assert digest(data_path(server, url).read_bytes()) == digest(payload)
@@ -280,12 +281,7 @@ def test_delete_during_stalled_patch(server) -> None:
         response = requests.delete(url, headers=TUS, timeout=TIMEOUT)
         assert time.monotonic() - start < 5
         assert response.status_code == 204
-        raw.try_send(payload[10_000:])
-        try:
-            late = raw.read_response("PATCH")
-            assert 400 <= late.status < 500, late
-        except (ConnectionClosed, socket.timeout, TimeoutError):
-            pass
+        assert_late_sender_refused(raw, payload[10_000:])
     finally:
         raw.close()
     time.sleep(0.2)
