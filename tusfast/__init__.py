@@ -14,9 +14,10 @@ from .app import TusServer
 from .config import Config
 from .core.errors import ErrorKind, TusError
 from .core.model import UploadInfo
-from .hooks import HookContext, HookEvent, HookRejected, Hooks
+from .hooks import FileInfoChanges, HookContext, HookEvent, HookRejected, HookResponse, Hooks
 from .locking import Locker, MemoryLocker
 from .storage import FileStorage, Storage
 
-__all__ = ["Config", "ErrorKind", "FileStorage", "HookContext", "HookEvent", "HookRejected", "Hooks",
+__all__ = ["Config", "ErrorKind", "FileInfoChanges", "FileStorage", "HookContext", "HookEvent", "HookRejected",
+           "HookResponse", "Hooks",
            "Locker", "MemoryLocker", "Storage", "TusError", "TusServer", "UploadInfo", "__version__"]

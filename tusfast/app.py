@@ -18,7 +18,11 @@ from .config import Config
 from .core.headers import TUS_VERSION
 from .core.protocol import DOWNLOAD, REQUIRES, ProtocolSettings
 from .handler import TusHandler
-from .hooks import Hooks
+from .hooks import HookCallable, Hooks
+from .hooks.dispatcher import HookDispatcher, Transport
+from .hooks.files import FileTransport
+from .hooks.http import HttpTransport
+from .hooks.python import CallableTransport
 from .http.limits import HttpLimits
 from .http.server import HttpServer, bind_tcp, bind_unix
 from .locking import FileLocker, Locker, MemoryLocker
@@ -30,12 +34,12 @@ log = logging.getLogger("tusfast")
 
 class TusServer:
     def __init__(self, config: Config | None = None, *, storage: Storage | None = None,
-                 locker: Locker | None = None, hooks: Hooks | None = None,
+                 locker: Locker | None = None, hooks: Hooks | HookCallable | None = None,
                  sock: socket.socket | None = None) -> None:
         self.config = config or Config()
         self.storage = storage or FileStorage(self.config.upload_dir, self.config.dir_layout)
         self.locker = locker or self._default_locker()
-        self.hooks = hooks
+        self.hooks = self._hooks(hooks)
         self._sock = sock
         self._http: HttpServer | None = None
         self._sweeper: ExpirySweeper | None = None
@@ -46,6 +50,25 @@ class TusServer:
         if isinstance(self.storage, FileStorage):
             return FileLocker(self.storage.directory / ".locks", self.config.lock_timeout)
         return MemoryLocker(self.config.lock_timeout)
+
+    def _hooks(self, hooks: Hooks | HookCallable | None) -> Hooks | None:
+        """An object with `dispatch` is used as is; a callable, --hooks-http or --hooks-dir get a
+        dispatcher (event selection, fallback, queued post-* hooks)."""
+        if hooks is not None and hasattr(hooks, "dispatch"):
+            return hooks
+        config = self.config
+        transport: Transport
+        if hooks is not None:
+            transport = CallableTransport(hooks)
+        elif config.hooks_http:
+            transport = HttpTransport(config.hooks_http, config.hooks_format, config.hooks_http_timeout,
+                                      config.hooks_http_forward_headers)
+        elif config.hooks_dir:
+            transport = FileTransport(config.hooks_dir, config.hooks_format, config.hooks_http_timeout)
+        else:
+            return None
+        return HookDispatcher(transport, config.hooks_enabled, fallback=config.hooks_fallback,
+                              retries=config.hooks_http_retries)
 
     def protocol_settings(self) -> ProtocolSettings:
         config = self.config
@@ -66,7 +89,7 @@ class TusServer:
             self.storage.prepare()
         settings = self.protocol_settings()
         handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins,
-                             fsync=self.config.fsync)
+                             fsync=self.config.fsync, progress_interval=self.config.progress_interval)
         self._http = HttpServer(handler, self.http_limits(), [("Tus-Resumable", TUS_VERSION)], self._tls())
         await self._http.listen(self._sock or self._bind())
         if settings.enabled("expiration"):
@@ -113,6 +136,8 @@ class TusServer:
         if self._http is not None:
             await self._http.stop(timeout)
             self._http = None
+            if isinstance(self.hooks, HookDispatcher):     # deliver queued post-* hooks
+                await self.hooks.close(self.config.shutdown_timeout if timeout is None else timeout)
             if isinstance(self.locker, FileLocker):
                 self.locker.close()
             log.info("tusfast stopped")

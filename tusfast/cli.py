@@ -16,11 +16,16 @@ from ._version import __version__
 from .app import TusServer
 from .config import Config, parse_duration, parse_optional_duration, parse_size
 from .core.protocol import ALL_EXTENSIONS
+from .hooks.dispatcher import parse_events
 from .sweeper import ExpirySweeper
 
 ENV_PREFIX = "TUSFAST_"
 _TRUE = {"1", "true", "yes", "on"}
 _DEFAULTS = Config()
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def parse_origins(text: str) -> tuple[str, ...]:
@@ -72,6 +77,22 @@ OPTIONS = [
     Option("--disable-download", "disable_download", "answer GET on uploads with 405", None),
     Option("--fsync", "fsync", "when data reaches the disk before the reply: complete (default: before the "
            "reply that completes an upload), every-patch, or never", str.lower),
+    Option("--hooks-http", "hooks_http", "POST hook events as JSON to this URL"),
+    Option("--hooks-http-forward-headers", "hooks_http_forward_headers", "request headers also sent as "
+           "headers of the hook request, e.g. X-Api-Key,Cookie", parse_list),
+    Option("--hooks-http-timeout", "hooks_http_timeout", "a hook must answer within (default 10s; also "
+           "for --hooks-dir)", parse_duration),
+    Option("--hooks-http-retries", "hooks_http_retries", "retries of a failed post-* hook, with "
+           "exponential backoff (default 3)", int),
+    Option("--hooks-dir", "hooks_dir", "run the executable named after each event in this directory"),
+    Option("--hooks-enabled", "hooks_enabled", "comma list of events, or 'all' (default pre-create,"
+           "post-create,post-receive,post-terminate,post-finish)", parse_events),
+    Option("--hooks-format", "hooks_format", "tusd (tusd v2 JSON, default) or tusd-v1 (tusd v1 and rustus)",
+           str.lower),
+    Option("--hooks-fallback", "hooks_fallback", "when a blocking hook fails or times out: deny (502/504, "
+           "default) or allow", str.lower),
+    Option("--progress-interval", "progress_interval", "post-receive hooks at most this often per "
+           "request (default 1s)", parse_duration),
 ]
 DISABLE_OPTIONS = [Option(f"--disable-{name}", name, f"turn off the {name} extension", None)
                    for name in ALL_EXTENSIONS]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .core.protocol import ALL_EXTENSIONS, REQUIRES
+from .hooks import DEFAULT_EVENTS, HookEvent
+from .hooks.payload import FORMATS as HOOK_FORMATS
 from .storage.layout import DirLayout
 
 _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
@@ -67,6 +69,15 @@ class Config:
     shutdown_timeout: float = 30.0
     max_connections: int = 10_000
     max_head_size: int = 64 * 1024
+    hooks_http: str | None = None           # POST hook events to this URL
+    hooks_http_forward_headers: tuple[str, ...] = ()
+    hooks_http_timeout: float = 10.0        # also the time limit of file hooks
+    hooks_http_retries: int = 3             # post-* deliveries, with exponential backoff
+    hooks_dir: str | None = None            # run executables named after the event
+    hooks_enabled: tuple[HookEvent, ...] = DEFAULT_EVENTS
+    hooks_format: str = "tusd"              # tusd (v2) or tusd-v1 (also rustus's)
+    hooks_fallback: str = "deny"            # when a blocking hook fails: deny (502/504) or allow
+    progress_interval: float = 1.0          # post-receive at most this often per request
 
     def __post_init__(self) -> None:
         inner = self.base_path.strip("/")
@@ -97,9 +108,22 @@ class Config:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        self._check_hooks()
         unknown = set(self.disabled_extensions) - set(ALL_EXTENSIONS)
         if unknown:
             raise ValueError(f"unknown extensions: {', '.join(sorted(unknown))}")
+
+    def _check_hooks(self) -> None:
+        if self.hooks_http and self.hooks_dir:
+            raise ValueError("choose one of --hooks-http and --hooks-dir")
+        if self.hooks_http is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.hooks_http):
+            raise ValueError("hooks URL must be absolute, e.g. http://127.0.0.1:8000/hooks")
+        if self.hooks_format not in HOOK_FORMATS:
+            raise ValueError(f"hooks format must be one of {', '.join(HOOK_FORMATS)}")
+        if self.hooks_fallback not in ("allow", "deny"):
+            raise ValueError("hooks fallback must be allow or deny")
+        if self.hooks_http_retries < 0 or not self.hooks_http_timeout > 0 or self.progress_interval < 0:
+            raise ValueError("hook retries, timeout and progress interval must not be negative")
 
     @property
     def extensions(self) -> tuple[str, ...]:

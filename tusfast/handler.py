@@ -25,7 +25,8 @@ from .core.headers import parse_checksum
 from .core.model import UploadInfo
 from .core.protocol import (Append, AppendPlan, Create, Download, GetOffset, Options, Reply, RequestHead,
                             Terminate)
-from .hooks import HookContext, HookEvent, HookRejected, HookRequest, Hooks, NoHooks
+from .hooks import HookContext, HookEvent, HookRejected, HookRequest, HookResponse, Hooks, NoHooks
+from .hooks.dispatcher import HookDispatcher
 from .http.body import Buffer, BodyAborted, BodyError, BodyTimeout, ClientDisconnected, MalformedBody, RequestBody
 from .http.messages import FileBody, HttpRequest, HttpResponse
 from .locking import Locker, LockTimeout
@@ -67,8 +68,10 @@ class FileReply(Reply):
 class TusHandler:
     def __init__(self, settings: tus.ProtocolSettings, storage: Storage, locker: Locker,
                  hooks: Hooks | None = None, cors_origins: tuple[str, ...] = ("*",),
-                 new_id: Callable[[], str] = new_upload_id, fsync: str = "complete") -> None:
+                 new_id: Callable[[], str] = new_upload_id, fsync: str = "complete",
+                 progress_interval: float = 1.0) -> None:
         self.settings = settings
+        self._progress_interval = progress_interval
         self._fsync = fsync
         self._storage = storage
         self._locker = locker
@@ -89,8 +92,7 @@ class TusHandler:
         except TusError as error:
             reply = tus.error_reply(error)
         except HookRejected as rejection:
-            reply = Reply(rejection.status, [*rejection.headers, ("Content-Type", "text/plain; charset=utf-8")],
-                          rejection.body.encode())
+            reply = _rejected(rejection)
         except tuple(STORAGE_ERRORS) as error:
             if not isinstance(error, UploadNotFound):
                 log.warning("%s %s: %s", request.method, request.target, error)
@@ -116,10 +118,10 @@ class TusHandler:
         now = time.time()
         info = UploadInfo(self._new_id(), intent.length, 0, intent.metadata, intent.metadata_header,
                           created_at=now, updated_at=now, concat=intent.concat)
+        info = await self._pre_create(info, request)
         location = tus.upload_url(head, self.settings, info.id)
-        await self._hook(HookEvent.PRE_CREATE, info, request)
         async with self._locked(info.id, request.body.abort):
-            info = await self._storage.create(info)
+            info = await self._store_new(info)
             log.info("upload created id=%s length=%s", info.id, info.length)
             await self._hook(HookEvent.POST_CREATE, info, request)
             if head.has_body:
@@ -145,16 +147,47 @@ class TusHandler:
         info = UploadInfo(self._new_id(), tus.plan_final(partials, self.settings), 0, intent.metadata,
                           intent.metadata_header, created_at=now, updated_at=now, concat=intent.concat,
                           partials=intent.partials)
+        info = await self._pre_create(info, request)
         location = tus.upload_url(head, self.settings, info.id)
-        await self._hook(HookEvent.PRE_CREATE, info, request)
         async with self._locked(info.id, _ignore):
-            info = await self._storage.create(info)
+            info = await self._store_new(info)
             log.info("final upload created id=%s from %d partials", info.id, len(partials))
             await self._hook(HookEvent.POST_CREATE, info, request)
             if not all(partial.is_complete for partial in partials):
                 await self._concatenator().register_final(info)     # first register, then re-check:
             info = await self._join_if_ready(info, request)          # no partial can slip between
         return tus.created_reply(info, location, self.settings)
+
+    async def _pre_create(self, info: UploadInfo, request: HttpRequest) -> UploadInfo:
+        """pre-create may reject (HookRejected), or choose the id, metadata and storage path."""
+        response = await self._hook(HookEvent.PRE_CREATE, info, request)
+        changes = response.changes if response is not None else None
+        if changes is None:
+            return info
+        if changes.id is not None and changes.id != info.id:
+            await self._check_id_free(changes.id)
+            info = replace(info, id=changes.id)
+        if changes.metadata is not None:
+            metadata = {key: value.encode() for key, value in changes.metadata.items()}
+            info = replace(info, metadata=metadata, metadata_header=None)
+        if changes.storage_path is not None:
+            info = replace(info, storage={"Path": changes.storage_path})
+        return info
+
+    async def _check_id_free(self, upload_id: str) -> None:
+        try:
+            await self._storage.get_info(upload_id)
+        except UploadNotFound:
+            return
+        except (UploadGone, UploadCorrupt):
+            pass
+        raise HookRejected(409, "an upload with the id chosen by the pre-create hook exists")
+
+    async def _store_new(self, info: UploadInfo) -> UploadInfo:
+        try:
+            return await self._storage.create(info)
+        except FileExistsError:     # only a hook's choice of id or path can collide
+            raise HookRejected(409, "an upload with the id or storage path chosen by the pre-create hook exists") from None
 
     async def _partials(self, partial_ids: Sequence[str]) -> list[UploadInfo]:
         try:
@@ -183,6 +216,7 @@ class TusHandler:
     async def _get_offset(self, intent: GetOffset, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, _ignore):
             info = await self._live_info(intent.upload_id)
+            await self._hook(HookEvent.PRE_ACCESS, info, request)
             if info.is_final:   # also finishes a join that a crash interrupted
                 info = await self._join_if_ready(info, request)
         return tus.head_reply(info, self.settings)
@@ -195,6 +229,7 @@ class TusHandler:
     async def _append(self, intent: Append, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, request.body.abort):
             info = await self._live_info(intent.upload_id)
+            await self._hook(HookEvent.PRE_ACCESS, info, request)
             plan = tus.plan_append(intent, info, self.settings)
             if plan.new_length is not None:
                 info = await self._declare_length(info, plan.new_length)
@@ -204,6 +239,7 @@ class TusHandler:
     async def _download(self, intent: Download, head: RequestHead, request: HttpRequest) -> Reply:
         # No lock: a finished upload never changes, and a download must not interrupt an upload.
         info = await self._storage.get_info(intent.upload_id)
+        await self._hook(HookEvent.PRE_ACCESS, info, request)
         plan = plan_download(intent, info)
         if plan.status == 304:
             return Reply(304, plan.headers)
@@ -214,6 +250,7 @@ class TusHandler:
     async def _terminate(self, intent: Terminate, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, _ignore):
             info = await self._storage.get_info(intent.upload_id)
+            await self._hook(HookEvent.PRE_ACCESS, info, request)
             await self._hook(HookEvent.PRE_TERMINATE, info, request)
             assert isinstance(self._storage, Terminatable)    # the route exists only if it is
             await self._storage.terminate(info)
@@ -247,6 +284,9 @@ class TusHandler:
         staged = checksum is not None or intent.trailer_checksum
         writer = await self._storage.open_writer(info, staged=staged)
         progress = _Progress(info.offset)
+        if self._wants(HookEvent.POST_RECEIVE):
+            progress.report = lambda offset: self._hook(HookEvent.POST_RECEIVE, replace(info, offset=offset), request)
+            progress.interval = self._progress_interval
         try:
             await self._pump(writer, progress, plan, request.body, checksum)
             try:
@@ -262,6 +302,7 @@ class TusHandler:
             info = replace(info, offset=progress.kept, updated_at=time.time())
             await writer.close(durable=self._fsync == "every-patch" or
                                (self._fsync == "complete" and info.is_complete))
+        await progress.final_report()
         if info.is_complete:
             await self._finished(info, request)
         return info
@@ -339,6 +380,7 @@ class TusHandler:
         progress.offset += sum(len(chunk) for chunk in chunks)
         if checksum is None:
             progress.kept = progress.offset
+            await progress.tick()
 
     async def _verify(self, info: UploadInfo, progress: "_Progress", request: HttpRequest,
                       checksum: Checksum | None) -> None:
@@ -359,7 +401,10 @@ class TusHandler:
             raise TusError(ErrorKind.CHECKSUM_MISMATCH, headers=unchanged)
 
     async def _finished(self, info: UploadInfo, request: HttpRequest) -> None:
+        """pre-finish may still reject (the data stays stored); then post-finish is queued."""
         log.info("upload finished id=%s size=%d", info.id, info.offset)
+        if not info.is_partial:
+            await self._hook(HookEvent.PRE_FINISH, info, request)
         if info.is_partial:     # partials are not processed on their own (checklist item 76)
             await self._join_waiting_finals(info.id, request)
         else:
@@ -372,14 +417,26 @@ class TusHandler:
             try:
                 async with self._locked(final_id, _ignore):
                     await self._join_if_ready(await self._storage.get_info(final_id), request)
-            except (UploadNotFound, TusError) as error:
+            except (UploadNotFound, TusError, HookRejected) as error:
                 log.warning("could not join final upload %s: %s", final_id, error)
 
-    async def _hook(self, event: HookEvent, info: UploadInfo, request: HttpRequest) -> None:
-        if isinstance(self._hooks, NoHooks):
-            return
+    def _wants(self, event: HookEvent) -> bool:
+        if isinstance(self._hooks, HookDispatcher):
+            return self._hooks.wants(event)
+        return not isinstance(self._hooks, NoHooks)
+
+    async def _hook(self, event: HookEvent, info: UploadInfo, request: HttpRequest) -> HookResponse | None:
+        if not self._wants(event):
+            return None
         hook_request = HookRequest(request.method, request.target, request.client, dict(request.headers))
-        await self._hooks.dispatch(HookContext(event, info, hook_request))
+        return await self._hooks.dispatch(HookContext(event, info, hook_request))
+
+
+def _rejected(rejection: HookRejected) -> Reply:
+    headers = list(rejection.headers)
+    if not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", "text/plain; charset=utf-8"))
+    return Reply(rejection.status, headers, rejection.body.encode())
 
 
 class _Progress:
@@ -387,6 +444,25 @@ class _Progress:
         self.start = offset
         self.offset = offset    # written
         self.kept = offset      # written and final: what the upload's offset becomes
+        self.report: Callable[[int], Awaitable[object]] | None = None     # post-receive
+        self.interval = 1.0
+        self._reported = offset
+        self._last = time.monotonic()
+
+    async def tick(self) -> None:
+        """post-receive, at most once per interval while the body streams in."""
+        if self.report is not None and time.monotonic() - self._last >= self.interval:
+            await self._report()
+
+    async def final_report(self) -> None:
+        if self.report is not None and self.kept != self._reported:
+            await self._report()
+
+    async def _report(self) -> None:
+        assert self.report is not None
+        self._last = time.monotonic()
+        self._reported = self.kept
+        await self.report(self.kept)
 
     def header(self, offset: int | None = None) -> list[tuple[str, str]]:
         return [("Upload-Offset", str(self.kept if offset is None else offset))]

@@ -63,7 +63,7 @@ def test_create_write_and_read_back(storage: FileStorage) -> None:
 
 
 def test_unknown_and_invalid_ids_are_not_found(storage: FileStorage) -> None:
-    for upload_id in ("f" * 32, "../" + ID[3:], ID.upper(), ""):
+    for upload_id in ("f" * 32, "../" + ID[3:], ID.upper(), "", "a.b", ".ids"):
         with pytest.raises(UploadNotFound):
             run(storage.get_info(upload_id))
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .headers import format_metadata
 
-# 32 random hex characters. Every request's id is checked against this before it reaches storage,
-# so no id can name a path outside the upload directory.
-UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+# The server makes ids of 32 random hex characters; a pre-create hook may choose any 1-128 characters
+# of [A-Za-z0-9_-]. Every request's id is checked against UPLOAD_ID before it reaches storage: no
+# '.', '/' or NUL, so no id can name a path outside the upload directory (or a dot-directory in it).
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+SERVER_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def is_valid_upload_id(upload_id: str) -> bool:
@@ -55,3 +58,17 @@ class UploadInfo:
 
     def with_length(self, length: int) -> "UploadInfo":
         return replace(self, length=length)
+
+
+def tusd_file_info(info: UploadInfo) -> dict[str, Any]:
+    """tusd's FileInfo JSON fields (as in its .info files and hook payloads), without Storage."""
+    return {
+        "ID": info.id,
+        "Size": info.length or 0,
+        "SizeIsDeferred": info.length is None,
+        "Offset": info.offset,
+        "MetaData": {key: value.decode("utf-8", "replace") for key, value in info.metadata.items()},
+        "IsPartial": info.is_partial,
+        "IsFinal": info.is_final,
+        "PartialUploads": list(info.partials) or None,
+    }

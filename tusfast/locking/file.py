@@ -26,6 +26,7 @@ import struct
 from pathlib import Path
 from typing import Callable
 
+from ..core.model import SERVER_UPLOAD_ID
 from .base import LockTimeout
 from .memory import MemoryLock, MemoryLocker
 
@@ -38,7 +39,10 @@ _FLOCK = struct.Struct("hhxxxxqqixxxx")
 
 
 def lock_offset(upload_id: str) -> int:
-    return int(upload_id[:15], 16)
+    """60 bits: the id's own random hex digits, or a hash of an id a hook chose."""
+    if SERVER_UPLOAD_ID.fullmatch(upload_id):
+        return int(upload_id[:15], 16)
+    return int.from_bytes(hashlib.blake2b(upload_id.encode(), digest_size=8).digest()) >> 4
 
 
 class FileLock:

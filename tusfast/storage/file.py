@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from .. import nativeio
 from ..core.headers import parse_metadata
-from ..core.model import UploadInfo, is_valid_upload_id
+from ..core.model import UploadInfo, is_valid_upload_id, tusd_file_info
 from .base import Buffer, StorageFull, StorageUnavailable, UploadCorrupt, UploadGone, UploadNotFound
 from .layout import DirLayout
 
@@ -213,16 +213,20 @@ class FileStorage:
     # ---- blocking implementations (run in the executor) -------------------------------------
 
     def _create(self, info: UploadInfo) -> UploadInfo:
-        subdir = self.layout.directory(info.created_at) if self.layout else ""
+        chosen = info.storage.get("Path")       # a relative path a pre-create hook chose
+        if chosen:
+            subdir, name = os.path.split(_safe_relative(chosen))
+        else:
+            subdir, name = (self.layout.directory(info.created_at) if self.layout else ""), info.id
         folder = self.directory / subdir
         folder.mkdir(parents=True, exist_ok=True)
-        data_path = folder / info.id
+        data_path = folder / name
         info = replace(info, storage={"Type": "filestore", "Path": str(data_path),
                                       "InfoPath": str(data_path) + ".info"})
         os.close(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
         self._write_info(info)
-        if subdir:
-            self._link_index(info.id, subdir)
+        if subdir or name != info.id:
+            self._link_index(info.id, os.path.join(subdir, name))
         return info
 
     def _get_info(self, upload_id: str) -> UploadInfo:
@@ -254,17 +258,18 @@ class FileStorage:
         except FileNotFoundError:
             return flat
         resolved = (self._index_path(upload_id).parent / target).resolve()
-        if not resolved.is_relative_to(self.directory.resolve()) or resolved.name != f"{upload_id}.info":
+        if not resolved.is_relative_to(self.directory.resolve()) or not resolved.name.endswith(".info"):
             raise UploadCorrupt(f"index entry of upload {upload_id} points outside the upload directory")
         return resolved
 
     def _index_path(self, upload_id: str) -> Path:
         return self.directory / INDEX_DIR / upload_id[:2] / upload_id
 
-    def _link_index(self, upload_id: str, subdir: str) -> None:
+    def _link_index(self, upload_id: str, data_path: str) -> None:
+        """`data_path` is relative to the upload directory: `<layout dir>/<id>` or a hook's choice."""
         link = self._index_path(upload_id)
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.join("..", "..", subdir, f"{upload_id}.info"), link)
+        os.symlink(os.path.join("..", "..", data_path + ".info"), link)
 
     def _write_info(self, info: UploadInfo) -> None:
         info_path = Path(info.storage["InfoPath"])
@@ -346,7 +351,15 @@ class FileStorage:
         for folder, subdirs, files in os.walk(self.directory):
             subdirs[:] = [name for name in subdirs if not name.startswith(".")]
             found += [name[:-5] for name in files if name.endswith(".info") and is_valid_upload_id(name[:-5])]
-        return found
+        return list(dict.fromkeys(found + self._indexed_ids()))
+
+    def _indexed_ids(self) -> list[str]:
+        """Ids of the index: also uploads stored under a path a hook chose."""
+        index = self.directory / INDEX_DIR
+        if not index.is_dir():
+            return []
+        return [entry.name for shard in index.iterdir() if shard.is_dir()
+                for entry in shard.iterdir() if is_valid_upload_id(entry.name)]
 
     def _data_path(self, info: UploadInfo) -> str:
         return info.storage["Path"]
@@ -355,6 +368,15 @@ class FileStorage:
 def _write_marker(marker: str, offset: int) -> None:
     with open(marker, "w") as stream:
         stream.write(str(offset))
+
+
+def _safe_relative(path: str) -> str:
+    """A storage path chosen by a hook: relative, inside the upload directory, no dot-directories."""
+    parts = path.split("/")
+    if (os.path.isabs(path) or "\0" in path or parts[-1].endswith((".info", STAGED_SUFFIX))
+            or any(part in ("", ".", "..") or part.startswith(".") for part in parts)):
+        raise ValueError(f"unsafe storage path {path!r}")
+    return path
 
 
 def _recover_staged(data_path: str) -> None:
@@ -374,14 +396,7 @@ def _recover_staged(data_path: str) -> None:
 
 def _encode_info(info: UploadInfo) -> bytes:
     document = {
-        "ID": info.id,
-        "Size": info.length or 0,
-        "SizeIsDeferred": info.length is None,
-        "Offset": info.offset,
-        "MetaData": {key: value.decode("utf-8", "replace") for key, value in info.metadata.items()},
-        "IsPartial": info.is_partial,
-        "IsFinal": info.is_final,
-        "PartialUploads": list(info.partials) or None,
+        **tusd_file_info(info),
         "Storage": info.storage,
         "Tusfast": {"MetaDataHeader": info.metadata_header, "CreatedAt": info.created_at, "Concat": info.concat},
     }
