@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 from types import TracebackType
+from typing import Callable
 
 from ._version import __version__
 from .config import Config
@@ -24,8 +25,11 @@ from .hooks.files import FileTransport
 from .hooks.http import HttpTransport
 from .hooks.python import CallableTransport
 from .http.limits import HttpLimits
+from .http.messages import App, HttpRequest
 from .http.server import HttpServer, bind_tcp, bind_unix
 from .locking import FileLocker, Locker, MemoryLocker
+from .observability.sentry import ErrorReporter, SentryReporter, build_reporter, report_errors, request_context
+from .observability.metrics import Metrics, listener_url, new_metrics, serve_metrics, with_metrics_endpoint
 from .storage import FileStorage, Storage, supports
 from .sweeper import ExpirySweeper
 
@@ -35,11 +39,18 @@ log = logging.getLogger("tusfast")
 class TusServer:
     def __init__(self, config: Config | None = None, *, storage: Storage | None = None,
                  locker: Locker | None = None, hooks: Hooks | HookCallable | None = None,
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None, reporter: ErrorReporter | None = None) -> None:
         self.config = config or Config()
+        self.reporter = reporter or build_reporter(          # NullReporter without --sentry-dsn
+            self.config.sentry_dsn, sample_rate=self.config.sentry_sample_rate,
+            traces_sample_rate=self.config.sentry_traces_sample_rate, environment=self.config.sentry_environment)
         self.storage = storage or FileStorage(self.config.upload_dir, self.config.dir_layout)
         self.locker = locker or self._default_locker()
         self.hooks = self._hooks(hooks)
+        self.metrics: Metrics = new_metrics(self.config.metrics)    # NullMetrics without --metrics
+        if isinstance(self.hooks, HookDispatcher):
+            self.hooks.metrics = self.metrics
+        self._metrics_http: HttpServer | None = None    # --metrics-listen
         self._sock = sock
         self._http: HttpServer | None = None
         self._sweeper: ExpirySweeper | None = None
@@ -68,7 +79,14 @@ class TusServer:
         else:
             return None
         return HookDispatcher(transport, config.hooks_enabled, fallback=config.hooks_fallback,
-                              retries=config.hooks_http_retries)
+                              retries=config.hooks_http_retries, on_error=self._background_errors())
+
+    def _background_errors(self) -> Callable[[BaseException, dict[str, object]], None] | None:
+        return report_errors(self.reporter, {}) if self.reporter.enabled else None
+
+    def _on_http_error(self, exc: Exception, request: HttpRequest) -> None:
+        """The HTTP layer's 500 path: an exception the handler did not turn into a reply."""
+        self.reporter.capture_exception(exc, request_context(request, self.config.base_path, status=500))
 
     def protocol_settings(self) -> ProtocolSettings:
         config = self.config
@@ -89,11 +107,24 @@ class TusServer:
             self.storage.prepare()
         settings = self.protocol_settings()
         handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins,
-                             fsync=self.config.fsync, progress_interval=self.config.progress_interval)
-        self._http = HttpServer(handler, self.http_limits(), [("Tus-Resumable", TUS_VERSION)], self._tls())
+                             fsync=self.config.fsync, progress_interval=self.config.progress_interval,
+                             reporter=self.reporter, metrics=self.metrics)
+        app: App = handler
+        if isinstance(self.reporter, SentryReporter):
+            app = self.reporter.traced(handler, settings.base_path)
+        if self.metrics.enabled and not self.config.metrics_listen:
+            app = with_metrics_endpoint(app, self.metrics)      # GET /metrics, before tus routing
+        self._http = HttpServer(app, self.http_limits(), [("Tus-Resumable", TUS_VERSION)], self._tls(),
+                                on_error=self._on_http_error if self.reporter.enabled else None)
+        self._http.observer = self.metrics if self.metrics.enabled else None
         await self._http.listen(self._sock or self._bind())
+        if self.metrics.enabled and self.config.metrics_listen:
+            self._metrics_http = await serve_metrics(self.metrics, self.config.metrics_listen,
+                                                     reuse_port=self.config.workers > 1)
+            log.info("metrics on %s", listener_url(self._metrics_http))
         if settings.enabled("expiration"):
-            self._sweeper = ExpirySweeper(self.storage, self.locker, settings)
+            self._sweeper = ExpirySweeper(self.storage, self.locker, settings, on_error=self._background_errors())
+            self._sweeper.metrics = self.metrics
             self._sweeper.start()
         log.info("tusfast %s listening on %s (storage: %s)", __version__, self.url, _describe(self.storage))
 
@@ -133,6 +164,9 @@ class TusServer:
         if self._sweeper is not None:
             await self._sweeper.stop()
             self._sweeper = None
+        if self._metrics_http is not None:
+            await self._metrics_http.stop(0)
+            self._metrics_http = None
         if self._http is not None:
             await self._http.stop(timeout)
             self._http = None
@@ -141,6 +175,7 @@ class TusServer:
             if isinstance(self.locker, FileLocker):
                 self.locker.close()
             log.info("tusfast stopped")
+            self.reporter.flush(2.0)
         self._closed.set()
 
     async def wait_closed(self) -> None:

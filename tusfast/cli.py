@@ -72,6 +72,10 @@ OPTIONS = [
            parse_duration),
     Option("--max-connections", "max_connections", "connections per process (default 10000)", int),
     Option("--max-head-size", "max_head_size", "largest request head, e.g. 64K (default)", parse_size),
+    Option("--metrics", "metrics", "serve Prometheus metrics at /metrics (per process: with --workers, "
+           "each worker has its own)", None),
+    Option("--metrics-listen", "metrics_listen", "serve /metrics on this separate host:port instead of the "
+           "main listener, e.g. 127.0.0.1:9100"),
     Option("--expire-after", "expire_after", "remove unfinished uploads this long after their last write; "
            "0 or off to keep them (default 7d)", parse_optional_duration),
     Option("--disable-download", "disable_download", "answer GET on uploads with 405", None),
@@ -93,6 +97,12 @@ OPTIONS = [
            "default) or allow", str.lower),
     Option("--progress-interval", "progress_interval", "post-receive hooks at most this often per "
            "request (default 1s)", parse_duration),
+    Option("--sentry-dsn", "sentry_dsn", "report unhandled errors and 5xx replies to this Sentry DSN"),
+    Option("--sentry-sample-rate", "sentry_sample_rate", "share of error events sent to Sentry (default 1.0)",
+           float),
+    Option("--sentry-traces-sample-rate", "sentry_traces_sample_rate", "share of requests traced in Sentry "
+           "(default 0: no tracing)", float),
+    Option("--sentry-environment", "sentry_environment", "Sentry environment, e.g. production"),
 ]
 DISABLE_OPTIONS = [Option(f"--disable-{name}", name, f"turn off the {name} extension", None)
                    for name in ALL_EXTENSIONS]

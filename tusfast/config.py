@@ -78,6 +78,12 @@ class Config:
     hooks_format: str = "tusd"              # tusd (v2) or tusd-v1 (also rustus's)
     hooks_fallback: str = "deny"            # when a blocking hook fails: deny (502/504) or allow
     progress_interval: float = 1.0          # post-receive at most this often per request
+    metrics: bool = False                   # serve Prometheus metrics at /metrics
+    metrics_listen: str | None = None       # host:port of a separate /metrics listener (else the main one)
+    sentry_dsn: str | None = None           # report errors and 5xx replies to Sentry
+    sentry_sample_rate: float = 1.0         # share of error events sent
+    sentry_traces_sample_rate: float = 0.0  # share of requests traced (0: no tracing)
+    sentry_environment: str | None = None
 
     def __post_init__(self) -> None:
         inner = self.base_path.strip("/")
@@ -109,6 +115,15 @@ class Config:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         self._check_hooks()
+        if self.metrics_listen is not None:
+            from .observability.metrics import parse_listen
+            parse_listen(self.metrics_listen)       # raises ValueError with examples
+            if not self.metrics:
+                raise ValueError("--metrics-listen needs --metrics")
+        if not (0 <= self.sentry_sample_rate <= 1 and 0 <= self.sentry_traces_sample_rate <= 1):
+            raise ValueError("sentry sample rates must be between 0 and 1")
+        if self.sentry_dsn is not None and not re.fullmatch(r"https?://[^@/\s]+@[^/\s]+/\S+", self.sentry_dsn):
+            raise ValueError("sentry DSN must look like https://<key>@<host>/<project>")
         unknown = set(self.disabled_extensions) - set(ALL_EXTENSIONS)
         if unknown:
             raise ValueError(f"unknown extensions: {', '.join(sorted(unknown))}")

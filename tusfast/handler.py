@@ -27,6 +27,8 @@ from .core.protocol import (Append, AppendPlan, Create, Download, GetOffset, Opt
                             Terminate)
 from .hooks import HookContext, HookEvent, HookRejected, HookRequest, HookResponse, Hooks, NoHooks
 from .hooks.dispatcher import HookDispatcher
+from .observability.sentry import ErrorReporter, NullReporter, request_context
+from .observability.metrics import NULL_METRICS, Metrics
 from .http.body import Buffer, BodyAborted, BodyError, BodyTimeout, ClientDisconnected, MalformedBody, RequestBody
 from .http.messages import FileBody, HttpRequest, HttpResponse
 from .locking import Locker, LockTimeout
@@ -69,7 +71,10 @@ class TusHandler:
     def __init__(self, settings: tus.ProtocolSettings, storage: Storage, locker: Locker,
                  hooks: Hooks | None = None, cors_origins: tuple[str, ...] = ("*",),
                  new_id: Callable[[], str] = new_upload_id, fsync: str = "complete",
-                 progress_interval: float = 1.0) -> None:
+                 progress_interval: float = 1.0, reporter: ErrorReporter | None = None,
+                 metrics: Metrics = NULL_METRICS) -> None:
+        self._reporter = reporter or NullReporter()
+        self._metrics = metrics
         self.settings = settings
         self._progress_interval = progress_interval
         self._fsync = fsync
@@ -84,6 +89,8 @@ class TusHandler:
         }
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.monotonic()
+        failed_hook: str | None = None
         try:
             head = RequestHead.parse(request.method, request.target, request.headers, request.scheme,
                                      request.body_size)
@@ -93,12 +100,21 @@ class TusHandler:
             reply = tus.error_reply(error)
         except HookRejected as rejection:
             reply = _rejected(rejection)
+            failed_hook = rejection.hook
         except tuple(STORAGE_ERRORS) as error:
             if not isinstance(error, UploadNotFound):
                 log.warning("%s %s: %s", request.method, request.target, error)
             kind = next(kind for cls, kind in STORAGE_ERRORS.items() if isinstance(error, cls))
             reply = tus.error_reply(TusError(kind))
+        if reply.status >= 500 and self._reporter.enabled:
+            self._report_5xx(reply, request, failed_hook)
+        self._metrics.request_done(request.method, reply.status, time.monotonic() - started)
         return self._respond(reply, request)
+
+    def _report_5xx(self, reply: Reply, request: HttpRequest, hook: str | None) -> None:
+        message = reply.body.decode("utf-8", "replace").strip()[:200] if reply.body else "server error"
+        context = request_context(request, self.settings.base_path, status=reply.status, hook=hook)
+        self._reporter.capture_5xx(reply.status, message, context)
 
     def _respond(self, reply: Reply, request: HttpRequest) -> HttpResponse:
         if self._cors_origins:
@@ -139,6 +155,7 @@ class TusHandler:
             if error.kind is ErrorKind.CHECKSUM_MISMATCH and isinstance(self._storage, Terminatable):
                 await self._storage.terminate(info)
                 await self._locker.forget(info.id)
+                self._metrics.upload_terminated(was_complete=False)
             raise
 
     async def _create_final(self, intent: Create, head: RequestHead, request: HttpRequest) -> Reply:
@@ -185,9 +202,11 @@ class TusHandler:
 
     async def _store_new(self, info: UploadInfo) -> UploadInfo:
         try:
-            return await self._storage.create(info)
+            info = await self._storage.create(info)
         except FileExistsError:     # only a hook's choice of id or path can collide
             raise HookRejected(409, "an upload with the id or storage path chosen by the pre-create hook exists") from None
+        self._metrics.upload_created()
+        return info
 
     async def _partials(self, partial_ids: Sequence[str]) -> list[UploadInfo]:
         try:
@@ -255,6 +274,7 @@ class TusHandler:
             assert isinstance(self._storage, Terminatable)    # the route exists only if it is
             await self._storage.terminate(info)
             await self._locker.forget(info.id)
+        self._metrics.upload_terminated(was_complete=info.is_complete)
         log.info("upload terminated id=%s", info.id)
         await self._hook(HookEvent.POST_TERMINATE, info, request)
         return tus.terminated_reply()
@@ -304,7 +324,8 @@ class TusHandler:
                                (self._fsync == "complete" and info.is_complete))
         await progress.final_report()
         if info.is_complete:
-            await self._finished(info, request)
+            await self._finished(info, request, newly=progress.kept > progress.start or
+                                 plan.new_length is not None or info.offset == 0)
         return info
 
     async def _pump(self, writer: UploadWriter, progress: "_Progress", plan: AppendPlan, body: RequestBody,
@@ -400,9 +421,11 @@ class TusHandler:
         if not checksum.matches():
             raise TusError(ErrorKind.CHECKSUM_MISMATCH, headers=unchanged)
 
-    async def _finished(self, info: UploadInfo, request: HttpRequest) -> None:
+    async def _finished(self, info: UploadInfo, request: HttpRequest, newly: bool = True) -> None:
         """pre-finish may still reject (the data stays stored); then post-finish is queued."""
         log.info("upload finished id=%s size=%d", info.id, info.offset)
+        if newly:       # not an empty PATCH on an upload that was already complete
+            self._metrics.upload_finished()
         if not info.is_partial:
             await self._hook(HookEvent.PRE_FINISH, info, request)
         if info.is_partial:     # partials are not processed on their own (checklist item 76)
@@ -429,7 +452,11 @@ class TusHandler:
         if not self._wants(event):
             return None
         hook_request = HookRequest(request.method, request.target, request.client, dict(request.headers))
-        return await self._hooks.dispatch(HookContext(event, info, hook_request))
+        try:
+            return await self._hooks.dispatch(HookContext(event, info, hook_request))
+        except HookRejected as rejection:
+            rejection.hook = rejection.hook or event.value
+            raise
 
 
 def _rejected(rejection: HookRejected) -> Reply:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
 from .core import protocol as tus
 from .core.model import UploadInfo
 from .core.protocol import ProtocolSettings
 from .locking import Locker, LockTimeout
+from .observability.metrics import NULL_METRICS, Metrics
 from .storage import Expirable, Storage, StorageError, UploadNotFound
 
 log = logging.getLogger("tusfast.sweeper")
@@ -26,12 +28,15 @@ def sweep_interval(expire_after: float) -> float:
 
 
 class ExpirySweeper:
-    def __init__(self, storage: Storage, locker: Locker, settings: ProtocolSettings) -> None:
+    def __init__(self, storage: Storage, locker: Locker, settings: ProtocolSettings,
+                 on_error: Callable[[BaseException, dict[str, object]], None] | None = None) -> None:
         assert isinstance(storage, Expirable) and settings.expire_after
+        self._on_error = on_error       # told about failed background sweeps
         self._storage = storage
         self._locker = locker
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
+        self.metrics: Metrics = NULL_METRICS        # counts removals (tusfast_uploads_expired_total)
 
     async def sweep_once(self) -> int:
         """Remove every upload that has expired by now; returns how many. Expired uploads answer
@@ -62,6 +67,7 @@ class ExpirySweeper:
         finally:
             await lock.release()
         log.info("upload expired and removed id=%s offset=%d", upload_id, info.offset)
+        self.metrics.upload_expired()
         return True
 
     def _expired(self, info: UploadInfo) -> bool:
@@ -78,8 +84,10 @@ class ExpirySweeper:
             await asyncio.sleep(interval)
             try:
                 await self.sweep_once()
-            except Exception:
+            except Exception as error:
                 log.exception("expiry sweep failed; trying again in %.0fs", interval)
+                if self._on_error is not None:
+                    self._on_error(error, {"task": "expiry-sweeper"})
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -74,6 +74,8 @@ class HookResponse:
 class HookRejected(Exception):
     """Raised by a blocking hook: the request is answered with this status, body and headers."""
 
+    hook: str | None = None     # the event whose hook raised it (set by the handler, for error reports)
+
     def __init__(self, status: int = 400, body: str = "rejected by hook",
                  headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(body)

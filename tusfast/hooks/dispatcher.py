@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Iterable, Protocol
+import time
+from typing import Callable, Iterable, Protocol
 
+from ..observability.metrics import NULL_METRICS, Metrics
 from . import DEFAULT_EVENTS, HookContext, HookEvent, HookFailure, HookRejected, HookResponse
 from .payload import rejection
 
@@ -34,7 +36,8 @@ def parse_events(text: str) -> tuple[HookEvent, ...]:
 
 class HookDispatcher:
     def __init__(self, transport: Transport, events: Iterable[HookEvent] = DEFAULT_EVENTS, *,
-                 fallback: str = "deny", retries: int = 3, backoff: float = 0.5, queue_size: int = 10_000) -> None:
+                 fallback: str = "deny", retries: int = 3, backoff: float = 0.5, queue_size: int = 10_000,
+                 on_error: Callable[[BaseException, dict[str, object]], None] | None = None) -> None:
         if fallback not in FALLBACKS:
             raise ValueError("hooks fallback must be allow or deny")
         self.transport = transport
@@ -45,6 +48,8 @@ class HookDispatcher:
         self._queue: asyncio.Queue[HookContext] | None = None
         self._queue_size = queue_size
         self._worker: asyncio.Task[None] | None = None
+        self._on_error = on_error       # told about queued deliveries that failed for good
+        self.metrics: Metrics = NULL_METRICS    # hook calls, failures and latency by event
 
     def wants(self, event: HookEvent) -> bool:
         return event in self.events
@@ -76,12 +81,27 @@ class HookDispatcher:
 
     async def _call(self, context: HookContext) -> HookResponse | None:
         try:
-            return await self.transport.call(context)
+            return await self._measured(context)
         except (HookFailure, HookRejected):
             raise
         except Exception as error:      # a Python hook's bug: a failed hook, not a crashed request
             log.exception("%s hook raised", context.event.value)
             raise HookFailure(f"hook raised {type(error).__name__}") from None
+
+    async def _measured(self, context: HookContext) -> HookResponse | None:
+        """One transport call, counted in the metrics: a rejection is an answer, not a failure;
+        a post-* answered with status >= 400 is a failed delivery."""
+        started, failed = time.monotonic(), True
+        try:
+            response = await self.transport.call(context)
+            failed = (not context.event.blocking and response is not None and response.status is not None
+                      and response.status >= 400)
+            return response
+        except HookRejected:
+            failed = False
+            raise
+        finally:
+            self.metrics.hook_called(context.event.value, time.monotonic() - started, failed)
 
     # ---- queued -----------------------------------------------------------------------------
 
@@ -99,8 +119,15 @@ class HookDispatcher:
             context = await queue.get()
             try:
                 await self._deliver(context)
+            except Exception as error:      # a bug must not stop the queue
+                log.exception("%s hook delivery for upload %s crashed", context.event.value, context.upload.id)
+                self._report(error, context)
             finally:
                 queue.task_done()
+
+    def _report(self, error: BaseException, context: HookContext) -> None:
+        if self._on_error is not None:
+            self._on_error(error, {"task": "hook-queue", "hook": context.event.value, "upload_id": context.upload.id})
 
     async def _deliver(self, context: HookContext) -> None:
         for attempt in range(self.retries + 1):
@@ -112,6 +139,8 @@ class HookDispatcher:
                 await asyncio.sleep(self.backoff * 2 ** attempt)
         log.error("%s hook for upload %s failed after %d attempts: %s", context.event.value,
                   context.upload.id, self.retries + 1, problem)
+        self._report(HookFailure(f"{context.event.value} hook failed after {self.retries + 1} attempts: {problem}"),
+                     context)
 
     async def _attempt(self, context: HookContext) -> str | None:
         """None if delivered, else what went wrong."""

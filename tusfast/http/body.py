@@ -168,6 +168,7 @@ class RequestBody:
                  timeout: float = 60.0) -> None:
         self.size = size                    # None: chunked, length unknown
         self.received = 0
+        self.spliced = 0                    # of `received`: taken straight from the socket
         self._decoder = decoder
         self._flow = flow
         self._high_water = high_water
@@ -300,6 +301,7 @@ class RequestBody:
         finally:
             decoder.skip(moved)
             self.received += moved
+            self.spliced += moved
             self._splicing = None
             if decoder.done:
                 self._flow.resume_reading()

@@ -44,6 +44,7 @@ class HttpConnection(asyncio.Protocol):
         self._scheme = "http"
         self._client = ""
         self._socket_fd: int | None = None
+        self._observer = state.observer
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -85,6 +86,8 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
+        if self._observer is not None:
+            self._observer.bytes_received(len(data))
         exchange = self._exchange
         if exchange is not None:
             if exchange.body.open:
@@ -153,16 +156,29 @@ class HttpConnection(asyncio.Protocol):
 
     def _send_continue(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(CONTINUE)
+            self._write(CONTINUE)
+
+    def _write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+        if self._observer is not None:
+            self._observer.bytes_sent(len(data))
 
     # ---- running a request ------------------------------------------------------------------
 
     async def _serve(self, exchange: Exchange) -> None:
         try:
             response = await self._state.app(exchange.request)
-        except Exception:
+        except Exception as exc:
             log.exception("unhandled error serving %s %s", exchange.request.method, exchange.request.target)
             response = HttpResponse(500, [("Content-Type", "text/plain")], b"internal server error\n")
+            if self._state.on_error is not None:
+                try:
+                    self._state.on_error(exc, exchange.request)
+                except Exception:
+                    log.exception("error callback failed")
+        if self._observer is not None and exchange.body.spliced:
+            self._observer.bytes_received(exchange.body.spliced)    # bytes data_received never saw
         try:
             if self._transport is not None and not self._transport.is_closing():
                 await self._respond(exchange, response)
@@ -186,7 +202,7 @@ class HttpConnection(asyncio.Protocol):
                 if not await self._send_file(part):
                     return
             else:
-                self._transport.write(part)
+                self._write(part)
         if exchange.body.complete:
             self._next(exchange)
         elif drain:
@@ -202,6 +218,8 @@ class HttpConnection(asyncio.Protocol):
         self._sending_file = True
         try:
             await send_file(self._transport, self._flow, body, self._limits.body_timeout)
+            if self._observer is not None:
+                self._observer.bytes_sent(body.count)
             return True
         except (OSError, TimeoutError) as exc:
             log.debug("download to %s ended early: %s", self._client, exc)
@@ -245,7 +263,7 @@ class HttpConnection(asyncio.Protocol):
         head = [f"HTTP/1.1 {status} {reason_phrase(status).decode()}", "Content-Type: text/plain",
                 f"Content-Length: {len(body)}", "Connection: close",
                 *(f"{name}: {value}" for name, value in self._state.default_headers)]
-        self._transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        self._write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
         self._linger()
 
     def _linger(self) -> None:

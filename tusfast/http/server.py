@@ -7,36 +7,55 @@ import logging
 import os
 import socket
 import ssl
-from typing import Coroutine, Any
+from typing import Any, Callable, Coroutine, Protocol
 
 from .connection import HttpConnection
 from .limits import HttpLimits
-from .messages import App, Headers
+from .messages import App, Headers, HttpRequest
+
+ErrorCallback = Callable[[Exception, HttpRequest], None]
 
 log = logging.getLogger("tusfast.http")
 
 TICK = 1.0   # seconds between timeout sweeps
 
 
+class ConnectionObserver(Protocol):
+    """Told about connections and bytes on the wire (e.g. for metrics). Optional; knows no tus."""
+
+    def connection_opened(self) -> None: ...
+    def connection_closed(self) -> None: ...
+    def bytes_received(self, count: int) -> None: ...
+    def bytes_sent(self, count: int) -> None: ...
+
+
 class ServerState:
     """What every connection of one server shares."""
 
-    def __init__(self, app: App, limits: HttpLimits, default_headers: Headers) -> None:
+    def __init__(self, app: App, limits: HttpLimits, default_headers: Headers,
+                 on_error: ErrorCallback | None = None) -> None:
         self.app = app
+        self.on_error = on_error        # told about exceptions the app did not handle (the 500 path)
         self.limits = limits
         self.default_headers = default_headers
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.observer: ConnectionObserver | None = None     # None: no per-connection cost at all
 
     def register(self, connection: HttpConnection) -> bool:
         if len(self.connections) >= self.limits.max_connections:
             return False
         self.connections.add(connection)
+        if self.observer is not None:
+            self.observer.connection_opened()
         return True
 
     def unregister(self, connection: HttpConnection) -> None:
-        self.connections.discard(connection)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            if self.observer is not None:
+                self.observer.connection_closed()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine)
@@ -46,14 +65,16 @@ class ServerState:
 
 class HttpServer:
     def __init__(self, app: App, limits: HttpLimits | None = None, default_headers: Headers | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, on_error: ErrorCallback | None = None) -> None:
         self._app = app
+        self._on_error = on_error
         self._limits = limits or HttpLimits()
         self._default_headers = default_headers or []
         self._ssl = ssl_context
         self._state: ServerState | None = None
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self.observer: ConnectionObserver | None = None     # set before listen()
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -61,8 +82,9 @@ class HttpServer:
 
     async def listen(self, sock: socket.socket) -> None:
         """Serve on a bound, listening socket (see bind_tcp / bind_unix)."""
-        self._state = ServerState(self._app, self._limits, self._default_headers)
+        self._state = ServerState(self._app, self._limits, self._default_headers, self._on_error)
         state = self._state
+        state.observer = self.observer
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
             server = await loop.create_unix_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics (metrics.py) and Sentry error reporting (sentry.py)."""
