@@ -28,8 +28,21 @@ from .http.limits import HttpLimits
 from .http.messages import App, HttpRequest
 from .http.server import HttpServer, bind_tcp, bind_unix
 from .locking import FileLocker, Locker, MemoryLocker
-from .observability.sentry import ErrorReporter, SentryReporter, build_reporter, report_errors, request_context
-from .observability.metrics import Metrics, listener_url, new_metrics, serve_metrics, with_metrics_endpoint
+from .observability.logs import AccessLog, NullAccessLog
+from .observability.metrics import (
+    Metrics,
+    listener_url,
+    new_metrics,
+    serve_metrics,
+    with_metrics_endpoint,
+)
+from .observability.sentry import (
+    ErrorReporter,
+    SentryReporter,
+    build_reporter,
+    report_errors,
+    request_context,
+)
 from .storage import FileStorage, Storage, supports
 from .sweeper import ExpirySweeper
 
@@ -88,6 +101,9 @@ class TusServer:
         """The HTTP layer's 500 path: an exception the handler did not turn into a reply."""
         self.reporter.capture_exception(exc, request_context(request, self.config.base_path, status=500))
 
+    def _access_log(self) -> AccessLog:
+        return NullAccessLog() if self.config.no_access_log else AccessLog(self.config.behind_proxy)
+
     def protocol_settings(self) -> ProtocolSettings:
         config = self.config
         extensions = [name for name in config.extensions if supports(self.storage, name)]
@@ -108,7 +124,7 @@ class TusServer:
         settings = self.protocol_settings()
         handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins,
                              fsync=self.config.fsync, progress_interval=self.config.progress_interval,
-                             reporter=self.reporter, metrics=self.metrics)
+                             reporter=self.reporter, metrics=self.metrics, access_log=self._access_log())
         app: App = handler
         if isinstance(self.reporter, SentryReporter):
             app = self.reporter.traced(handler, settings.base_path)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +16,7 @@ from .app import TusServer
 from .config import Config, parse_duration, parse_optional_duration, parse_size
 from .core.protocol import ALL_EXTENSIONS
 from .hooks.dispatcher import parse_events
+from .observability import logs
 from .sweeper import ExpirySweeper
 
 ENV_PREFIX = "TUSFAST_"
@@ -63,6 +63,8 @@ OPTIONS = [
     Option("--tls-cert", "tls_cert", "PEM certificate chain; serve HTTPS"),
     Option("--tls-key", "tls_key", "PEM private key for --tls-cert"),
     Option("--log-level", "log_level", "debug, info, warning or error (default info)", str.lower),
+    Option("--log-format", "log_format", "text (default) or json: one JSON object per line", str.lower),
+    Option("--no-access-log", "no_access_log", "do not log one line per request", None),
     Option("--idle-timeout", "idle_timeout", "close idle keep-alive connections after (default 75s)", parse_duration),
     Option("--read-timeout", "read_timeout", "give up on a stalled request body after (default 60s)", parse_duration),
     Option("--head-timeout", "head_timeout", "a request head must arrive within (default 30s)", parse_duration),
@@ -173,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     if args.command == "cleanup":
         return cleanup(config)
     if config.workers > 1:
@@ -182,9 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(config)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    logs.configure_logging(level, log_format)
 
 
 def run(config: Config, sock: Any = None) -> int:

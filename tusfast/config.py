@@ -58,6 +58,8 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "info"
+    log_format: str = "text"            # or "json": one object per line
+    no_access_log: bool = False         # one line per request is logged unless this is set
     disabled_extensions: tuple[str, ...] = ()
     expire_after: float | None = 7 * 86400.0
     disable_download: bool = False
@@ -112,6 +114,8 @@ class Config:
             raise ValueError("expire after must be a positive duration (or None for no expiry)")
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log format must be text or json")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         self._check_hooks()

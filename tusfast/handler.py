@@ -17,24 +17,62 @@ from dataclasses import dataclass, replace
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from .core import protocol as tus
-from .core.cors import cors_headers
 from .core.checksum import Checksum
+from .core.cors import cors_headers
 from .core.download import plan_download
 from .core.errors import ErrorKind, TusError
 from .core.headers import parse_checksum
 from .core.model import UploadInfo
-from .core.protocol import (Append, AppendPlan, Create, Download, GetOffset, Options, Reply, RequestHead,
-                            Terminate)
-from .hooks import HookContext, HookEvent, HookRejected, HookRequest, HookResponse, Hooks, NoHooks
+from .core.protocol import (
+    Append,
+    AppendPlan,
+    Create,
+    Download,
+    GetOffset,
+    Options,
+    Reply,
+    RequestHead,
+    Terminate,
+)
+from .hooks import (
+    HookContext,
+    HookEvent,
+    HookRejected,
+    HookRequest,
+    HookResponse,
+    Hooks,
+    NoHooks,
+)
 from .hooks.dispatcher import HookDispatcher
-from .observability.sentry import ErrorReporter, NullReporter, request_context
-from .observability.metrics import NULL_METRICS, Metrics
-from .http.body import Buffer, BodyAborted, BodyError, BodyTimeout, ClientDisconnected, MalformedBody, RequestBody
+from .http.body import (
+    BodyAborted,
+    BodyError,
+    BodyTimeout,
+    Buffer,
+    ClientDisconnected,
+    MalformedBody,
+    RequestBody,
+)
 from .http.messages import FileBody, HttpRequest, HttpResponse
 from .locking import Locker, LockTimeout
 from .nativeio import SpliceError
-from .storage import (Concatenatable, LengthDeferrable, Readable, DirectWriter, Storage, StorageFull, StorageUnavailable,
-                      Terminatable, UploadCorrupt, UploadGone, UploadNotFound, UploadWriter)
+from .observability.logs import AccessLog, NullAccessLog
+from .observability.metrics import NULL_METRICS, Metrics
+from .observability.sentry import ErrorReporter, NullReporter, request_context
+from .storage import (
+    Concatenatable,
+    DirectWriter,
+    LengthDeferrable,
+    Readable,
+    Storage,
+    StorageFull,
+    StorageUnavailable,
+    Terminatable,
+    UploadCorrupt,
+    UploadGone,
+    UploadNotFound,
+    UploadWriter,
+)
 
 log = logging.getLogger("tusfast")
 
@@ -72,7 +110,8 @@ class TusHandler:
                  hooks: Hooks | None = None, cors_origins: tuple[str, ...] = ("*",),
                  new_id: Callable[[], str] = new_upload_id, fsync: str = "complete",
                  progress_interval: float = 1.0, reporter: ErrorReporter | None = None,
-                 metrics: Metrics = NULL_METRICS) -> None:
+                 metrics: Metrics = NULL_METRICS, access_log: AccessLog | None = None) -> None:
+        self._access = access_log or NullAccessLog()
         self._reporter = reporter or NullReporter()
         self._metrics = metrics
         self.settings = settings
@@ -108,8 +147,23 @@ class TusHandler:
             reply = tus.error_reply(TusError(kind))
         if reply.status >= 500 and self._reporter.enabled:
             self._report_5xx(reply, request, failed_hook)
-        self._metrics.request_done(request.method, reply.status, time.monotonic() - started)
-        return self._respond(reply, request)
+        elapsed = time.monotonic() - started
+        self._metrics.request_done(request.method, reply.status, elapsed)
+        response = self._respond(reply, request)
+        self._access.record(request.method, request.target, reply.status, request.body.received,
+                            response.body_length, elapsed, self._upload_id_of(request.target, reply),
+                            request.client, dict(request.headers))
+        return response
+
+    def _upload_id_of(self, target: str, reply: Reply) -> str:
+        """The upload a request was about: from its URL, or from the Location of a creation."""
+        location = next((value for name, value in reply.headers if name == "Location"), None)
+        if location is not None:
+            return location.rsplit("/", 1)[-1]
+        try:
+            return tus.resolve_target(target.split("?", 1)[0], self.settings)[1]
+        except TusError:
+            return ""
 
     def _report_5xx(self, reply: Reply, request: HttpRequest, hook: str | None) -> None:
         message = reply.body.decode("utf-8", "replace").strip()[:200] if reply.body else "server error"
