@@ -109,6 +109,66 @@ OPTIONS = [
 DISABLE_OPTIONS = [Option(f"--disable-{name}", name, f"turn off the {name} extension", None)
                    for name in ALL_EXTENSIONS]
 
+# Drop-in: the names tusd (single dash) and rustus give the same settings, so an existing unit file
+# or Ansible role keeps working. Settings whose meaning differs are left out (tusd's regex
+# -cors-allow-origin, rustus's separate --info-dir, rustus's --hooks-format values).
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "--host": ("-host",),
+    "--port": ("-port",),
+    "--base-path": ("-base-path", "--url"),
+    "--upload-dir": ("-upload-dir", "--data-dir"),
+    "--max-size": ("-max-size", "--max-file-size"),
+    "--behind-proxy": ("-behind-proxy",),
+    "--dir-layout": ("--dir-structure",),
+    "--cors-origin": ("--cors",),
+    "--unix-socket": ("-unix-sock",),
+    "--tls-cert": ("-tls-certificate",),
+    "--tls-key": ("-tls-key",),
+    "--read-timeout": ("-network-timeout",),
+    "--shutdown-timeout": ("-shutdown-timeout",),
+    "--disable-download": ("-disable-download",),
+    "--disable-termination": ("-disable-termination",),
+    "--disable-concatenation": ("-disable-concatenation",),
+    "--hooks-http": ("-hooks-http", "--hooks-http-urls"),
+    "--hooks-http-forward-headers": ("-hooks-http-forward-headers", "--hooks-http-proxy-headers"),
+    "--hooks-dir": ("-hooks-dir",),
+    "--hooks-enabled": ("-hooks-enabled-events", "--hooks"),
+}
+
+# rustus's environment variables, and how their values translate where rustus spells them otherwise.
+ENV_ALIASES: dict[str, tuple[str, dict[str, str]]] = {
+    "RUSTUS_SERVER_HOST": ("--host", {}),
+    "RUSTUS_SERVER_PORT": ("--port", {}),
+    "RUSTUS_PREFIX": ("--base-path", {}),
+    "RUSTUS_DATA_DIR": ("--upload-dir", {}),
+    "RUSTUS_DIR_STRUCTURE": ("--dir-layout", {}),
+    "RUSTUS_MAX_FILE_SIZE": ("--max-size", {}),
+    "RUSTUS_CORS": ("--cors-origin", {}),
+    "RUSTUS_BEHIND_PROXY": ("--behind-proxy", {}),
+    "RUSTUS_LOG_LEVEL": ("--log-level", {"warn": "warning", "trace": "debug"}),
+    "RUSTUS_HOOKS_HTTP_URLS": ("--hooks-http", {}),
+    "RUSTUS_HOOKS_HTTP_PROXY_HEADERS": ("--hooks-http-forward-headers", {}),
+    "RUSTUS_HOOKS_DIR": ("--hooks-dir", {}),
+    "RUSTUS_HOOKS": ("--hooks-enabled", {}),
+    "RUSTUS_HOOKS_FORMAT": ("--hooks-format", {"tusd": "tusd-v1"}),    # rustus's "tusd" is tusd v1's shape
+    "RUSTUS_SENTRY_DSN": ("--sentry-dsn", {}),
+    "RUSTUS_SENTRY_SAMPLE_RATE": ("--sentry-sample-rate", {}),
+    "RUSTUS_SENTRY_TRACES_SAMPLE_RATE": ("--sentry-traces-sample-rate", {}),
+    "RUSTUS_SENTRY_ENVIRONMENT": ("--sentry-environment", {}),
+}
+
+
+def environment_value(option: Option) -> str | None:
+    """TUSFAST_<NAME>, else the rustus variable for the same setting (translated), else None."""
+    value = os.environ.get(option.env)
+    if value is not None:
+        return value
+    for variable, (flag, translate) in ENV_ALIASES.items():
+        value = os.environ.get(variable)
+        if flag == option.flag and value:
+            return translate.get(value.strip().lower(), value)
+    return None
+
 
 CLEANUP_OPTIONS = [option for option in OPTIONS
                    if option.field in ("upload_dir", "dir_layout", "expire_after", "log_level", "lock_timeout")]
@@ -130,14 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add(parser: argparse.ArgumentParser, option: Option) -> None:
-    env = os.environ.get(option.env)
+    env = environment_value(option)
     dest = option.flag.lstrip("-").replace("-", "_")
+    names = (option.flag, *FLAG_ALIASES.get(option.flag, ()))
     if option.parse is None:
-        parser.add_argument(option.flag, dest=dest, action="store_true",
+        parser.add_argument(*names, dest=dest, action="store_true",
                             default=env is not None and env.strip().lower() in _TRUE, help=option.help)
         return
     default = _parse_env(option, env) if env is not None else argparse.SUPPRESS
-    parser.add_argument(option.flag, dest=dest, type=_typed(option), default=default, help=option.help)
+    parser.add_argument(*names, dest=dest, type=_typed(option), default=default, help=option.help)
 
 
 def _typed(option: Option) -> Callable[[str], Any]:

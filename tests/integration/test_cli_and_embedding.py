@@ -150,3 +150,14 @@ def test_embedded_graceful_stop_lets_a_request_finish(tmp_path: Path) -> None:
         assert head.startswith(b"HTTP/1.1 201 ") and b"Upload-Offset: 6" in head
         writer.close()
     asyncio.run(scenario())
+
+
+def test_drop_in_for_a_rustus_deployment(start_server: StartServer) -> None:
+    """A rustus unit's environment and tusd-style flags run tusfast unchanged."""
+    server = start_server("-max-size", "100", env={"RUSTUS_PREFIX": "/api/upload/resumable_upload",
+                                                   "RUSTUS_LOG_LEVEL": "DEBUG"})
+    assert server.url.endswith("/api/upload/resumable_upload/")
+    options = requests.options(server.url)
+    assert options.status_code == 204 and options.headers["Tus-Max-Size"] == "100"
+    created = requests.post(server.url, headers={**TUS, "Upload-Length": "5"})
+    assert created.status_code == 201 and "/api/upload/resumable_upload/" in created.headers["Location"]
