@@ -57,7 +57,8 @@ class TusServer:
         self.reporter = reporter or build_reporter(          # NullReporter without --sentry-dsn
             self.config.sentry_dsn, sample_rate=self.config.sentry_sample_rate,
             traces_sample_rate=self.config.sentry_traces_sample_rate, environment=self.config.sentry_environment)
-        self.storage = storage or FileStorage(self.config.upload_dir, self.config.dir_layout)
+        self.storage = storage or FileStorage(self.config.upload_dir, self.config.dir_layout,
+                                              flat_links=self.config.flat_links)
         self.locker = locker or self._default_locker()
         self.hooks = self._hooks(hooks)
         self.metrics: Metrics = new_metrics(self.config.metrics)    # NullMetrics without --metrics

@@ -56,6 +56,8 @@ OPTIONS = [
     Option("--public-url", "public_url", "absolute collection URL clients see, e.g. https://x.org/files/"),
     Option("--behind-proxy", "behind_proxy", "trust X-Forwarded-Host/Proto/Prefix and Forwarded", None),
     Option("--dir-layout", "dir_layout", "spread files over directories, e.g. '{year}/{month}/{day}' (UTC)"),
+    Option("--flat-links", "flat_links", "with --dir-layout, also keep a symlink <upload-dir>/<id> to the data",
+           None),
     Option("--cors-origin", "cors_origins", "allowed CORS origins: '*' (default), a comma list, or 'none'",
            parse_origins),
     Option("--workers", "workers", "processes sharing the port with SO_REUSEPORT (default 1)", int),

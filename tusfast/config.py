@@ -59,6 +59,7 @@ class Config:
     tls_key: str | None = None
     log_level: str = "info"
     log_format: str = "text"            # or "json": one object per line
+    flat_links: bool = False            # with a dir layout: also a symlink <upload dir>/<id> to the data
     no_access_log: bool = False         # one line per request is logged unless this is set
     disabled_extensions: tuple[str, ...] = ()
     expire_after: float | None = 7 * 86400.0

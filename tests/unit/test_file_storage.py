@@ -156,3 +156,24 @@ def test_created_at_is_kept(storage: FileStorage) -> None:
     now = time.time()
     run(storage.create(new_info(created_at=now)))
     assert run(storage.get_info(ID)).created_at == pytest.approx(now)
+
+
+def test_flat_links_point_at_dated_data_and_go_with_the_upload(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path, "{year}/{month}/{day}", flat_links=True)
+    storage.prepare()
+    info = run(storage.create(new_info()))
+    run(write(storage, info, 0, b"0123456789"))
+    flat = tmp_path / ID
+    assert flat.is_symlink() and flat.read_bytes() == b"0123456789"
+    assert flat.resolve() == Path(info.storage["Path"]).resolve()
+    assert run(storage.get_info(ID)).offset == 10          # the link does not confuse look-ups
+    assert run(storage.list_upload_ids()).count(ID) == 1     # listed once, not again via the link
+    run(storage.terminate(info))
+    assert not flat.exists() and not flat.is_symlink()
+
+
+def test_no_flat_link_without_a_layout(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path, None, flat_links=True)
+    storage.prepare()
+    info = run(storage.create(new_info()))
+    assert not (tmp_path / ID).is_symlink() and Path(info.storage["Path"]) == tmp_path / ID

@@ -121,9 +121,11 @@ def _roll_back(fd: int, offset: int, marker: str) -> None:
 
 class FileStorage:
     def __init__(self, directory: str | os.PathLike[str], dir_layout: str | None = None,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+                 executor: ThreadPoolExecutor | None = None, flat_links: bool = False) -> None:
         self.directory = Path(directory).absolute()
         self.layout = DirLayout(dir_layout) if dir_layout else None
+        # For consumers that look data up as <upload dir>/<id> although it lives elsewhere.
+        self.flat_links = flat_links
         self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="tusfast-file")
 
     def prepare(self) -> None:
@@ -227,6 +229,8 @@ class FileStorage:
         self._write_info(info)
         if subdir or name != info.id:
             self._link_index(info.id, os.path.join(subdir, name))
+            if self.flat_links:
+                os.symlink(os.path.join(subdir, name), self.directory / info.id)
         return info
 
     def _get_info(self, upload_id: str) -> UploadInfo:
@@ -287,6 +291,9 @@ class FileStorage:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        flat = self.directory / info.id
+        if flat.is_symlink():       # a --flat-links link; a flat data file went with `data` above
+            flat.unlink()
 
     def _concatenate(self, final: UploadInfo, partials: Sequence[UploadInfo]) -> UploadInfo:
         fd = os.open(self._data_path(final), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
