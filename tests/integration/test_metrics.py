@@ -160,3 +160,16 @@ def test_hook_calls_and_failures(start_server: StartServer, tmp_path: Path) -> N
     assert value(samples, "tusfast_hook_calls_total", event="post-create") == 1
     assert value(samples, "tusfast_hook_failures_total", event="post-create") == 1
     assert value(samples, "tusfast_hook_duration_seconds_count", event="pre-create") == 1
+
+
+def test_requests_refused_by_the_http_layer_are_counted(start_server: StartServer) -> None:
+    server = start_server("--metrics", "--max-head-size", "4K")
+    port = urlsplit(server.url).port
+    assert port is not None
+    for head in (b"GARBAGE\r\n\r\n", b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 5000 + b"\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(head)
+            assert raw.recv(64).startswith(b"HTTP/1.1 4")
+    samples = scrape(metrics_url(server))
+    assert value(samples, "tusfast_http_requests_total", method="other", status="400") == 1
+    assert value(samples, "tusfast_http_requests_total", method="other", status="431") == 1

@@ -259,6 +259,8 @@ class HttpConnection(asyncio.Protocol):
         """Answer a request we could not even parse, then close."""
         assert self._transport is not None
         log.debug("rejecting connection from %s: %s %s", self._client, status, reason)
+        if self._observer is not None:
+            self._observer.request_refused(status)
         body = reason.encode("latin-1", "replace") + b"\n"
         head = [f"HTTP/1.1 {status} {reason_phrase(status).decode()}", "Content-Type: text/plain",
                 f"Content-Length: {len(body)}", "Connection: close",

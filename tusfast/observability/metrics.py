@@ -63,6 +63,7 @@ class Metrics(Protocol):
     enabled: bool
 
     def request_done(self, method: str, status: int, seconds: float) -> None: ...
+    def request_refused(self, status: int) -> None: ...
     def bytes_received(self, count: int) -> None: ...
     def bytes_sent(self, count: int) -> None: ...
     def connection_opened(self) -> None: ...
@@ -80,6 +81,7 @@ class NullMetrics:
     enabled = False
 
     def request_done(self, method: str, status: int, seconds: float) -> None: pass
+    def request_refused(self, status: int) -> None: pass
     def bytes_received(self, count: int) -> None: pass
     def bytes_sent(self, count: int) -> None: pass
     def connection_opened(self) -> None: pass
@@ -131,6 +133,10 @@ class PrometheusMetrics:
         method = method_label(method)
         self._requests.labels(method, status_label(status)).inc()
         self._request_seconds.labels(method).observe(seconds)
+
+    def request_refused(self, status: int) -> None:
+        """Refused by the HTTP layer before its method was known: counted under method "other"."""
+        self._requests.labels("other", status_label(status)).inc()
 
     def bytes_received(self, count: int) -> None:
         self._received.inc(count)
