@@ -410,8 +410,14 @@ class TusHandler:
         """The hot path: the rest of the body goes from the socket to the file inside the kernel."""
         await self._write(writer, progress, body.begin_splice(), None)
         fd, stored = target.splice_target()
+        start = progress.offset
+
+        async def advanced(moved: int) -> None:     # after each step: post-receive, if due
+            progress.offset = progress.kept = start + moved
+            await progress.tick()
+
         try:
-            progress.offset += await body.splice_into(fd, progress.offset, stored)
+            progress.offset = start + await body.splice_into(fd, start, stored, advanced)
         except BodyError as error:
             progress.offset = progress.start + body.received
             raise TusError(BODY_ERRORS[type(error)], headers=progress.header(progress.offset)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -346,3 +348,24 @@ def test_embedded_callable_hooks(tmp_path: Path) -> None:
     rejected, created, location = asyncio.run(scenario())
     assert (rejected, created) == (409, 201) and location.endswith("/embedded")
     assert ("post-finish", 0) in seen and ("post-create", 0) in seen     # drained by stop()
+
+
+def test_post_receive_reports_progress_during_one_large_patch(start_server: StartServer,
+                                                              receiver: Receiver) -> None:
+    """A large body of known length takes the splice path: progress must still be reported on the way."""
+    server = start_server(*hooks(receiver, "--hooks-enabled", "post-receive", "--progress-interval", "50ms"))
+    size, piece = 24 * 1024 * 1024, 4 * 1024 * 1024
+    created = create(server, size)
+    assert created.status_code == 201
+    parts = urlsplit(created.headers["Location"])
+    assert parts.port is not None
+    with socket.create_connection(("127.0.0.1", parts.port), timeout=10) as raw:
+        raw.sendall(f"PATCH {parts.path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                    f"Content-Type: application/offset+octet-stream\r\nContent-Length: {size}\r\n\r\n".encode())
+        for _ in range(size // piece):
+            raw.sendall(os.urandom(piece))
+            time.sleep(0.15)        # the server's steps end between pieces
+        assert raw.recv(4096).startswith(b"HTTP/1.1 204")
+    offsets = [call.body["Event"]["Upload"]["Offset"] for call in receiver.wait_for("post-receive", 3)]
+    assert offsets == sorted(offsets) and len(set(offsets)) >= 3
+    assert 0 < offsets[0] < size and offsets[-1] <= size

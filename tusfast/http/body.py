@@ -270,13 +270,14 @@ class RequestBody:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         return chunks
 
-    async def splice_into(self, fd: int, offset: int, stored: splice.Stored) -> int:
+    async def splice_into(self, fd: int, offset: int, stored: splice.Stored,
+                          progress: splice.Progress | None = None) -> int:
         """Move the rest of the body into fd at offset; returns the bytes moved. Raises BodyError
         (after accounting for every byte stored) if the body does not arrive in full."""
         assert self._splice_from is not None
         sock = self._splice_from
         return await self._take_rest(lambda count, cancelled: splice.splice_body(
-            sock, fd, offset, count, stored, self._timeout, cancelled))
+            sock, fd, offset, count, stored, self._timeout, cancelled, progress))
 
     async def read_into(self, consume: splice.Consume) -> int:
         """Like splice_into, but every part passes through `consume(part, position)` in a worker

@@ -17,7 +17,7 @@ import fcntl
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .. import nativeio
 
@@ -32,6 +32,7 @@ _local = threading.local()
 Stored = Callable[[int, int], None]     # (offset, count) -> None, called in the worker thread
 Consume = Callable[[memoryview, int], None]     # (bytes, their position in the body), in the worker thread
 Step = Callable[[int, int], int]        # (bytes done, most to move now) -> moved; 0 = end of stream
+Progress = Callable[[int], Awaitable[None]]     # (bytes done so far), on the event loop after each step
 
 
 class SpliceEnded(Exception):
@@ -44,11 +45,11 @@ class SpliceEnded(Exception):
 
 
 async def splice_body(sock_fd: int, file_fd: int, offset: int, count: int, stored: Stored,
-                      timeout: float, cancelled: "asyncio.Future[None]") -> int:
+                      timeout: float, cancelled: "asyncio.Future[None]", progress: Progress | None = None) -> int:
     """Move exactly `count` body bytes into file_fd at offset; raises SpliceEnded if they never come."""
     def step(done: int, most: int) -> int:
         return _splice_step(sock_fd, file_fd, offset + done, most, stored)
-    return await _drive(sock_fd, count, step, timeout, cancelled)
+    return await _drive(sock_fd, count, step, timeout, cancelled, progress)
 
 
 async def read_body(sock_fd: int, count: int, consume: Consume, timeout: float,
@@ -59,7 +60,8 @@ async def read_body(sock_fd: int, count: int, consume: Consume, timeout: float,
     return await _drive(sock_fd, count, step, timeout, cancelled)
 
 
-async def _drive(sock_fd: int, count: int, step: Step, timeout: float, cancelled: "asyncio.Future[None]") -> int:
+async def _drive(sock_fd: int, count: int, step: Step, timeout: float, cancelled: "asyncio.Future[None]",
+                 progress: Progress | None = None) -> int:
     loop = asyncio.get_running_loop()
     watched = os.dup(sock_fd)
     moved = 0
@@ -78,6 +80,8 @@ async def _drive(sock_fd: int, count: int, step: Step, timeout: float, cancelled
             if n == 0:
                 raise SpliceEnded(moved, "eof")
             moved += n
+            if progress is not None:
+                await progress(moved)
         return moved
     finally:
         os.close(watched)
