@@ -289,3 +289,8 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def patch_headers(offset: int, length: int) -> list[tuple[str, str]]:
+    """The head of a PATCH with a Content-Length body, for RawConnection.request."""
+    return [*TUS.items(), ("Content-Type", OCTET), ("Upload-Offset", str(offset)), ("Content-Length", str(length))]

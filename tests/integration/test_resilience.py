@@ -3,6 +3,7 @@ the offset never runs ahead of the data, and resuming always yields identical co
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import signal
@@ -16,16 +17,25 @@ import requests
 
 from tests.support.server_process import ServerProcess
 
-from .rawhttp import (OCTET, TIMEOUT, TUS, ConnectionClosed, RawConnection, create, head, offset_of, patch,
-                      path_of, upload_id, wait_until)
+from .rawhttp import (
+    OCTET,
+    TIMEOUT,
+    TUS,
+    ConnectionClosed,
+    RawConnection,
+    create,
+    head,
+    offset_of,
+    patch,
+    patch_headers,
+    path_of,
+    upload_id,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 
 
-
-
-def patch_headers(offset: int, length: int) -> list[tuple[str, str]]:
-    return [*TUS.items(), ("Content-Type", OCTET), ("Upload-Offset", str(offset)), ("Content-Length", str(length))]
 
 
 def data_path(server: ServerProcess, url: str):  # type: ignore[no-untyped-def]
@@ -79,6 +89,34 @@ def test_interrupted_patch_with_reset(server) -> None:
     assert data_path(server, url).read_bytes() == payload[:20_000]
     resume(url, payload)
     assert data_path(server, url).read_bytes() == payload
+
+
+@pytest.mark.parametrize("checksum", [False, True], ids=["spliced", "checksummed"])
+def test_reset_during_large_body_is_the_client_leaving_not_a_server_error(server, checksum: bool) -> None:
+    """A reset in the middle of a large body (the splice path, or the buffered checksum path) ends the
+    request as the client's doing: no 5xx in the access log, no traceback, the offset never past the data."""
+    payload = os.urandom(2 * MiB)
+    url = create(server.url, len(payload))
+    headers = patch_headers(0, len(payload))
+    if checksum:
+        headers.append(("Upload-Checksum", "sha1 " + base64.b64encode(hashlib.sha1(payload).digest()).decode()))
+    raw = RawConnection.to(server)
+    raw.request("PATCH", path_of(url), headers)
+    raw.send(payload[:MiB])
+    time.sleep(0.3)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    raw.close()
+    request_line = f'"PATCH {path_of(url)}"'
+    assert wait_until(lambda: any(request_line in line for line in server.log), 10)
+    offset = offset_of(url)
+    assert offset <= MiB and data_path(server, url).read_bytes() == payload[:offset]
+    if checksum:
+        assert offset == 0          # a chunk whose checksum never arrived whole does not count
+    patch_lines = [line for line in server.log if request_line in line]
+    assert not any(f" {status} " in line for line in patch_lines for status in range(500, 600)), patch_lines
+    assert not any("Traceback" in line for line in server.log)
+    resume(url, payload)
+    assert digest(data_path(server, url).read_bytes()) == digest(payload)
 
 
 def test_interrupted_chunked_patch_keeps_complete_chunks(server) -> None:

@@ -20,7 +20,11 @@ MAX_CHUNK_LINE = 4096
 BATCH_SIZE = 1024 * 1024    # wake the consumer once this much is buffered...
 FLUSH_DELAY = 0.005         # ...or this long after the first unconsumed byte, whichever comes first
 MAX_TRAILER_SIZE = 16 * 1024
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(;.*)?")
+# Extensions and trailers may not carry control characters (HTAB aside): a bare CR, which some
+# parsers take for a line end, would let a proxy in front of us see a different body.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TRAILER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TRAILER_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 class BodyError(Exception):
@@ -151,7 +155,8 @@ class ChunkedDecoder:
             return
         self._trailer_bytes += len(line)
         name, sep, value = line.partition(b":")
-        if not sep or not name or self._trailer_bytes > MAX_TRAILER_SIZE or name != name.strip():
+        if (not sep or self._trailer_bytes > MAX_TRAILER_SIZE or not _TRAILER_NAME.fullmatch(name)
+                or not _TRAILER_VALUE.fullmatch(value)):
             raise MalformedBody("invalid trailer")
         self.trailers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
 

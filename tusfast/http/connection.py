@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from typing import TYPE_CHECKING
 
 import h11
@@ -13,7 +14,7 @@ import h11
 from .body import BodyTimeout, ClientDisconnected, MalformedBody
 from .exchange import BadFraming, Exchange, reason_phrase
 from .flow import FlowControl
-from .messages import FileBody, HttpResponse
+from .messages import FileBody, HttpResponse, StreamBody
 from .sendfile import send_file
 
 if TYPE_CHECKING:
@@ -22,6 +23,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("tusfast.http")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_QUOTED_INPUT = re.compile(r":? (?:bytearray\(|b['\"])")
+RETRY_AFTER = 5     # seconds, on a 503 for too many connections: long enough for others to finish
+
+
+def _protocol_error_reason(exc: h11.RemoteProtocolError) -> str:
+    """h11's message without the bytes it quotes (up to a whole head): a reason, not an echo of the
+    client's input into our response."""
+    return _QUOTED_INPUT.split(str(exc), maxsplit=1)[0]
+
+
+def _has_obs_fold(head: bytes) -> bool:
+    """A header line continued on the next (obs-fold, RFC 9112 5.2). h11 unfolds it, but a proxy in
+    front of us may read it as a line of its own: two views of one head is how smuggling starts, so
+    refuse it (400), as the RFC allows. A line feed followed by blank space occurs nowhere else in a head."""
+    return b"\n " in head or b"\n\t" in head
 
 
 class HttpConnection(asyncio.Protocol):
@@ -37,6 +53,8 @@ class HttpConnection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         self._head_started: float | None = None
         self._head_bytes = 0                # fed to the parser for the current head
+        self._head_tail = b""               # last byte of the previous part of the head (obs-fold check)
+        self._write_stalled = False         # pipelined requests wait until the client reads its responses
         self._linger_until: float | None = None
         self._closing = False
         self._eof = False
@@ -58,11 +76,12 @@ class HttpConnection(asyncio.Protocol):
         self._socket_fd = sock.fileno() if sock is not None and self._scheme == "http" else None
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) else ""
-        if not self._state.register(self):
-            self._reject(503, "too many connections")
+        refusal = self._state.register(self, self._client)
+        if refusal is not None:
+            self._reject(503, refusal, [("Retry-After", str(RETRY_AFTER))])
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state.unregister(self)
+        self._state.unregister(self, self._client)
         self._closing = True
         if self._exchange is not None:
             self._exchange.body.fail(ClientDisconnected("client disconnected"))
@@ -71,10 +90,13 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self._exchange is not None and self._exchange.body.open:
-            self._exchange.body.fail(ClientDisconnected("client closed its side mid-body"))
+        exchange = self._exchange
+        if exchange is not None and exchange.body.open:
+            exchange.body.fail(ClientDisconnected("client closed its side mid-body"))
+        if exchange is not None and exchange.responded and not self._sending_file:
+            return False    # we were dropping the rest of a body after an early reply: none will come
         # Keep the socket for the response to a request in progress; otherwise close.
-        return self._exchange is not None
+        return exchange is not None
 
     def pause_writing(self) -> None:
         assert self._flow is not None
@@ -83,6 +105,9 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         assert self._flow is not None
         self._flow.resume_writing()
+        if self._write_stalled and self._exchange is None and not self._closing:
+            self._write_stalled = False
+            self._serve_pending()
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
@@ -119,8 +144,15 @@ class HttpConnection(asyncio.Protocol):
             self._parser.receive_data(data)
             event = self._parser.next_event()
         except h11.RemoteProtocolError as exc:
-            self._reject(exc.error_status_hint, str(exc))
+            self._reject(exc.error_status_hint, _protocol_error_reason(exc))
             return
+        head = data
+        if isinstance(event, h11.Request):      # the rest of `data` is body or the next request
+            head = data[:max(0, len(data) - len(self._parser.trailing_data[0]))]
+        if _has_obs_fold(self._head_tail + head):
+            self._reject(400, "obsolete line folding in the request head is not accepted")
+            return
+        self._head_tail = head[-1:]
         if isinstance(event, h11.Request):
             self._start(event)
         elif event is not h11.NEED_DATA:
@@ -129,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
     def _start(self, event: h11.Request) -> None:
         assert self._flow is not None
         self._head_started = None
+        self._head_tail = b""
         leftover, _ = self._parser.trailing_data
         head_size, self._head_bytes = self._head_bytes - len(leftover), 0
         # h11 bounds only heads still incomplete; one that arrived in a single read is checked here.
@@ -183,8 +216,10 @@ class HttpConnection(asyncio.Protocol):
             if self._transport is not None and not self._transport.is_closing():
                 await self._respond(exchange, response)
         finally:
-            if response.file is not None:
+            if isinstance(response.file, FileBody):
                 os.close(response.file.fd)
+            elif response.file is not None:
+                await response.file.close()
 
     async def _respond(self, exchange: Exchange, response: HttpResponse) -> None:
         assert self._transport is not None
@@ -198,22 +233,28 @@ class HttpConnection(asyncio.Protocol):
             self._transport.abort()
             return
         for part in parts:
-            if isinstance(part, FileBody):
+            if isinstance(part, (FileBody, StreamBody)):
                 if not await self._send_file(part):
                     return
             else:
                 self._write(part)
         if exchange.body.complete:
             self._next(exchange)
+        elif drain and self._eof:
+            self._transport.close()     # the client has sent all it will: no rest of a body to drop
         elif drain:
             exchange.body.abort()
-            self._pending.clear()
+            # Bytes held since the body was aborted are the rest of it (and maybe the next request):
+            # they must pass through the body's framing, or it would count the next request as body.
+            held, self._pending = bytes(self._pending), bytearray()
             assert self._flow is not None
             self._flow.resume_reading()     # read the rest of the body and drop it
+            if held:
+                self._discard(exchange, held)
         else:
             self._linger()
 
-    async def _send_file(self, body: FileBody) -> bool:
+    async def _send_file(self, body: FileBody | StreamBody) -> bool:
         assert self._transport is not None and self._flow is not None
         self._sending_file = True
         try:
@@ -250,13 +291,26 @@ class HttpConnection(asyncio.Protocol):
             return
         self._parser = self._new_parser()
         self._last_activity = self._loop.time()
+        if not self._flow.writable:
+            # The client sends requests but does not read the responses: answering more would only
+            # pile them up in memory. Wait until it reads (or the idle timeout closes the connection).
+            self._flow.pause_reading()
+            self._write_stalled = True
+            return
+        self._serve_pending()
+
+    def _serve_pending(self) -> None:
+        """Go on with pipelined bytes. Read more only once the backlog is down to one head's worth:
+        each request re-parses the backlog, so an unbounded one would cost time quadratic in its size."""
+        assert self._flow is not None
         pending, self._pending = bytes(self._pending), bytearray()
-        self._flow.resume_reading()
+        if len(pending) <= self._limits.max_head_size:
+            self._flow.resume_reading()
         if pending:
             self._receive_head(pending)
 
-    def _reject(self, status: int, reason: str) -> None:
-        """Answer a request we could not even parse, then close."""
+    def _reject(self, status: int, reason: str, extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer a request we could not even parse (or a connection over a limit), then close."""
         assert self._transport is not None
         log.debug("rejecting connection from %s: %s %s", self._client, status, reason)
         if self._observer is not None:
@@ -264,7 +318,7 @@ class HttpConnection(asyncio.Protocol):
         body = reason.encode("latin-1", "replace") + b"\n"
         head = [f"HTTP/1.1 {status} {reason_phrase(status).decode()}", "Content-Type: text/plain",
                 f"Content-Length: {len(body)}", "Connection: close",
-                *(f"{name}: {value}" for name, value in self._state.default_headers)]
+                *(f"{name}: {value}" for name, value in [*(extra or []), *self._state.default_headers])]
         self._write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
         self._linger()
 
@@ -286,18 +340,27 @@ class HttpConnection(asyncio.Protocol):
         exchange = self._exchange
         if self._linger_until is not None:
             if now > self._linger_until:
-                self._transport.close()
+                self._close_now()
         elif exchange is None:
             if self._head_started is not None and now - self._head_started > limits.head_timeout:
                 self._reject(408, "request head took too long")
             elif now - self._last_activity > limits.idle_timeout:
-                self._transport.close()
+                self._close_now()
         elif now - self._last_activity <= limits.body_timeout or self._sending_file:
             return
         elif exchange.responded:        # discarding the rest of a body, which stopped coming
-            self._transport.close()
+            self._close_now()
         elif exchange.body.open and not self._flow.read_paused and not exchange.body.continue_pending:
             exchange.body.fail(BodyTimeout("no body data within the read timeout"))
+
+    def _close_now(self) -> None:
+        """Close at a timeout. A client that left our last bytes unread gets an abort: a close would
+        wait for it to read them, and it may never do so (a slow-reading client holding the socket)."""
+        assert self._transport is not None
+        if self._transport.get_write_buffer_size():
+            self._transport.abort()
+        else:
+            self._transport.close()
 
     def shutdown(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their response."""

@@ -10,7 +10,7 @@ import h11
 
 from .body import ChunkedDecoder, ContentLengthDecoder, Decoder, RequestBody
 from .flow import FlowControl
-from .messages import FileBody, Headers, HttpRequest, HttpResponse
+from .messages import FileBody, Headers, HttpRequest, HttpResponse, StreamBody
 
 
 class BadFraming(Exception):
@@ -67,7 +67,7 @@ class Exchange:
         return self.request.body
 
     def encode_response(self, response: HttpResponse, extra_headers: Headers,
-                        close: bool) -> list[bytes | FileBody]:
+                        close: bool) -> list[bytes | FileBody | StreamBody]:
         """Frame the response for the method on the wire: a HEAD reply keeps the application's
         Content-Length (it describes a GET) and sends no body; any other reply's Content-Length is
         its body's length, whatever the application thought (e.g. a POST overridden to HEAD)."""
@@ -79,7 +79,7 @@ class Exchange:
                 headers.append(("Content-Length", str(response.body_length)))
         if close:
             headers.append(("Connection", "close"))
-        out: list[bytes | FileBody] = [self.parser.send(h11.Response(
+        out: list[bytes | FileBody | StreamBody] = [self.parser.send(h11.Response(
             status_code=response.status, headers=headers, reason=reason_phrase(response.status)))]
         if not is_head and response.body_length:
             data = response.file if response.file is not None else response.body

@@ -24,6 +24,11 @@ class FlowControl:
             if not self._transport.is_closing():
                 self._transport.resume_reading()
 
+    @property
+    def writable(self) -> bool:
+        """False while the peer lags behind what we wrote (the transport's buffer is over its limit)."""
+        return self._writable.is_set()
+
     def pause_writing(self) -> None:
         self._writable.clear()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 if TYPE_CHECKING:
     from .body import RequestBody
@@ -38,11 +38,27 @@ class FileBody:
 
 
 @dataclass
+class StreamBody:
+    """A response body of `count` bytes produced by an async iterator (storage without local files).
+    The server closes `chunks` when done, also when it never sent them (HEAD, a dropped client)."""
+    chunks: AsyncIterator[bytes]
+    count: int
+
+    def __len__(self) -> int:      # framed by its length, like FileBody
+        return self.count
+
+    async def close(self) -> None:
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+@dataclass
 class HttpResponse:
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
-    file: FileBody | None = None
+    file: FileBody | StreamBody | None = None
 
     @property
     def body_length(self) -> int:

@@ -12,13 +12,17 @@ import os
 
 from .. import nativeio
 from .flow import FlowControl
-from .messages import FileBody
+from .messages import FileBody, StreamBody
 
 MAX_SEND = 8 * 1024 * 1024
 TLS_CHUNK = 256 * 1024
 
 
-async def send_file(transport: asyncio.Transport, flow: FlowControl, body: FileBody, timeout: float) -> None:
+async def send_file(transport: asyncio.Transport, flow: FlowControl, body: FileBody | StreamBody,
+                    timeout: float) -> None:
+    if isinstance(body, StreamBody):
+        await _send_stream(transport, flow, body, timeout)
+        return
     if transport.get_extra_info("sslcontext") is not None:
         await _send_through_transport(transport, flow, body, timeout)
         return
@@ -78,3 +82,24 @@ async def _send_through_transport(transport: asyncio.Transport, flow: FlowContro
         await asyncio.wait_for(flow.drain(), timeout)
         if transport.is_closing():
             raise OSError("connection closed")
+
+
+async def _send_stream(transport: asyncio.Transport, flow: FlowControl, body: StreamBody, timeout: float) -> None:
+    """A body from storage that has no local file (S3): chunk by chunk, as the peer takes them."""
+    sent = 0
+    try:
+        async for chunk in body.chunks:
+            chunk = chunk[:body.count - sent]
+            transport.write(chunk)
+            sent += len(chunk)
+            await asyncio.wait_for(flow.drain(), timeout)
+            if transport.is_closing():
+                raise OSError("connection closed")
+            if sent >= body.count:
+                break
+    except (OSError, TimeoutError):
+        raise
+    except Exception as exc:    # storage failed mid-body: the headers are out, only aborting is left
+        raise OSError(f"reading the stored data failed: {exc}") from exc
+    if sent < body.count:
+        raise OSError("stored data ended before its announced length")

@@ -18,6 +18,9 @@ ErrorCallback = Callable[[Exception, HttpRequest], None]
 log = logging.getLogger("tusfast.http")
 
 TICK = 1.0   # seconds between timeout sweeps
+# Connections the kernel queues for accept(). create_server() calls listen() again, with its own
+# default of 100 unless told: a burst of reconnecting clients then loses SYNs and stalls for seconds.
+BACKLOG = 1024
 
 
 class ConnectionObserver(Protocol):
@@ -42,20 +45,38 @@ class ServerState:
         self.default_headers = default_headers
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
+        self.refused: set[HttpConnection] = set()       # answered 503 and lingering; not counted
+        self.per_address: dict[str, int] = {}           # open connections per client IP (with the limit on)
         self.tasks: set[asyncio.Task[None]] = set()
         self.observer: ConnectionObserver | None = None     # None: no per-connection cost at all
 
-    def register(self, connection: HttpConnection) -> bool:
+    def register(self, connection: HttpConnection, address: str) -> str | None:
+        """Admit a new connection, or say why not. `address` is the client IP ("" for a Unix socket,
+        which the per-IP limit exempts: its peers are local and have no address to tell apart)."""
         if len(self.connections) >= self.limits.max_connections:
-            return False
+            return self._refuse(connection, "too many connections")
+        per_ip = self.limits.max_connections_per_ip
+        if per_ip and address:
+            if self.per_address.get(address, 0) >= per_ip:
+                return self._refuse(connection, "too many connections from your address")
+            self.per_address[address] = self.per_address.get(address, 0) + 1
         self.connections.add(connection)
         if self.observer is not None:
             self.observer.connection_opened()
-        return True
+        return None
 
-    def unregister(self, connection: HttpConnection) -> None:
+    def _refuse(self, connection: HttpConnection, reason: str) -> str:
+        self.refused.add(connection)    # still ticked, so its linger ends even if the client never closes
+        return reason
+
+    def unregister(self, connection: HttpConnection, address: str) -> None:
+        self.refused.discard(connection)
         if connection in self.connections:
             self.connections.discard(connection)
+            if self.limits.max_connections_per_ip and address:
+                count = self.per_address.pop(address, 0) - 1
+                if count > 0:
+                    self.per_address[address] = count
             if self.observer is not None:
                 self.observer.connection_closed()
 
@@ -89,16 +110,18 @@ class HttpServer:
         state.observer = self.observer
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+            server = await loop.create_unix_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl,
+                                                   backlog=BACKLOG)
         else:
-            server = await loop.create_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl)
+            server = await loop.create_server(lambda: HttpConnection(state), sock=sock, ssl=self._ssl,
+                                              backlog=BACKLOG)
         self._server = server
         self._tick()
 
     def _tick(self) -> None:
         assert self._state is not None
         now = self._state.loop.time()
-        for connection in list(self._state.connections):
+        for connection in [*self._state.connections, *self._state.refused]:
             connection.check_timeouts(now)
         self._ticker = self._state.loop.call_later(TICK, self._tick)
 
@@ -115,7 +138,7 @@ class HttpServer:
             done, pending = await asyncio.wait(list(state.tasks), timeout=timeout)
             if pending:
                 log.warning("%d requests still running after %.0fs; closing them", len(pending), timeout)
-        for connection in list(state.connections):
+        for connection in [*state.connections, *state.refused]:
             connection.abort()
         if state.tasks:     # aborted bodies end at once; give handlers a moment to store what they got
             await asyncio.wait(list(state.tasks), timeout=5.0)
@@ -127,7 +150,7 @@ class HttpServer:
         self._server = None
 
 
-def bind_tcp(host: str, port: int, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+def bind_tcp(host: str, port: int, reuse_port: bool = False, backlog: int = BACKLOG) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -139,7 +162,7 @@ def bind_tcp(host: str, port: int, reuse_port: bool = False, backlog: int = 1024
     return sock
 
 
-def bind_unix(path: str, backlog: int = 1024) -> socket.socket:
+def bind_unix(path: str, backlog: int = BACKLOG) -> socket.socket:
     if os.path.exists(path) and not os.path.isfile(path):
         os.unlink(path)     # a stale socket from a previous run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

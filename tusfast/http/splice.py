@@ -13,6 +13,7 @@ the page cache can block on the disk. Each thread keeps one pipe and one buffer 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import threading
@@ -25,6 +26,9 @@ STEP = 8 * 1024 * 1024          # bytes per worker-thread step
 PIPE_SIZE = 1024 * 1024
 BUFFER_SIZE = 4 * 1024 * 1024   # per-thread read buffer of the consuming path
 MIN_SPLICE = 256 * 1024         # smaller bodies are cheaper through the ordinary path
+# A client that resets its connection mid-body ends the body as a close does: not a storage
+# failure (503) and not an unhandled error.
+_PEER_GONE = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT})
 
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tusfast-splice")
 _local = threading.local()
@@ -98,6 +102,10 @@ def _read_step(sock_fd: int, count: int, consume: Consume, done: int) -> int:
             if filled:
                 break
             raise
+        except OSError as error:
+            if error.errno not in _PEER_GONE:
+                raise
+            n = 0
         if n == 0:
             break
         filled += n
@@ -117,8 +125,15 @@ def _splice_step(sock_fd: int, file_fd: int, offset: int, count: int, stored: St
     pipe_r, pipe_w = _pipe()
     try:
         n = nativeio.splice_to_file(sock_fd, pipe_r, pipe_w, file_fd, offset, count)
-    except nativeio.SpliceError:
+    except nativeio.SpliceError as error:
         _discard_pipe()
+        if error.errno in _PEER_GONE:       # from the socket, before this step moved anything
+            return 0
+        raise
+    except OSError as error:                # the pure-Python splice raises the socket's own error
+        if error.errno in _PEER_GONE:
+            _discard_pipe()
+            return 0
         raise
     if n:
         stored(offset, n)
