@@ -27,7 +27,7 @@ from .hooks.python import CallableTransport
 from .http.limits import HttpLimits
 from .http.messages import App, HttpRequest
 from .http.server import HttpServer, bind_tcp, bind_unix
-from .locking import FileLocker, Locker, MemoryLocker
+from .locking import ConnectedLocker, FileLocker, Locker, MemoryLocker
 from .observability.logs import AccessLog, NullAccessLog
 from .observability.metrics import (
     Metrics,
@@ -43,7 +43,8 @@ from .observability.sentry import (
     report_errors,
     request_context,
 )
-from .storage import FileStorage, Storage, supports
+from .storage import FileStorage, Lifecycle, Storage, supports
+from .storage.info import InfoStore
 from .sweeper import ExpirySweeper
 
 log = logging.getLogger("tusfast")
@@ -57,8 +58,9 @@ class TusServer:
         self.reporter = reporter or build_reporter(          # NullReporter without --sentry-dsn
             self.config.sentry_dsn, sample_rate=self.config.sentry_sample_rate,
             traces_sample_rate=self.config.sentry_traces_sample_rate, environment=self.config.sentry_environment)
-        self.storage = storage or FileStorage(self.config.upload_dir, self.config.dir_layout,
-                                              flat_links=self.config.flat_links)
+        self.storage = storage or self._default_storage()
+        # --info-store redis: opened and closed here, like the locker (None: the backend's own .info)
+        self.info_store: InfoStore | None = getattr(self.storage, "infos", None)
         self.locker = locker or self._default_locker()
         self.hooks = self._hooks(hooks)
         self.metrics: Metrics = new_metrics(self.config.metrics)    # NullMetrics without --metrics
@@ -70,7 +72,26 @@ class TusServer:
         self._sweeper: ExpirySweeper | None = None
         self._closed = asyncio.Event()
 
+    def _default_storage(self) -> Storage:
+        config = self.config
+        infos: InfoStore | None = None
+        if config.info_store == "redis":
+            from .storage.redis_info import RedisInfoStore     # only now: redis-py is an optional extra
+            assert config.redis_url is not None
+            infos = RedisInfoStore(config.redis_url, prefix=config.redis_prefix)
+        if config.storage == "s3":
+            from .storage.s3 import S3Storage     # only now: aiobotocore is an optional extra
+            assert config.s3_bucket is not None
+            return S3Storage(config.s3_bucket, config.s3_prefix, config.s3_endpoint, config.s3_region,
+                             config.s3_part_size, config.s3_temp_dir, info_store=infos)
+        return FileStorage(config.upload_dir, config.dir_layout, flat_links=config.flat_links, info_store=infos)
+
     def _default_locker(self) -> Locker:
+        config = self.config
+        if config.redis_url:    # across hosts, whatever the storage
+            from .locking.redis import RedisLocker
+            return RedisLocker(config.redis_url, prefix=config.redis_prefix, timeout=config.lock_timeout,
+                               lease=config.redis_lock_lease)
         # Lock files work across processes (--workers, or two servers on one directory).
         if isinstance(self.storage, FileStorage):
             return FileLocker(self.storage.directory / ".locks", self.config.lock_timeout)
@@ -117,11 +138,19 @@ class TusServer:
         config = self.config
         return HttpLimits(max_head_size=config.max_head_size, idle_timeout=config.idle_timeout,
                           head_timeout=config.head_timeout, body_timeout=config.read_timeout,
-                          max_connections=config.max_connections, shutdown_timeout=config.shutdown_timeout)
+                          max_connections=config.max_connections,
+                          max_connections_per_ip=config.max_connections_per_ip,
+                          shutdown_timeout=config.shutdown_timeout)
 
     async def start(self) -> None:
+        if isinstance(self.locker, ConnectedLocker):
+            await self.locker.connect()     # Redis down: LockUnavailable, before we accept anything
         if isinstance(self.storage, FileStorage):
             self.storage.prepare()
+        if isinstance(self.storage, Lifecycle):
+            await self.storage.open()       # in the running loop; a missing bucket stops us here
+        if self.info_store is not None:
+            await self.info_store.open()    # Redis down: StorageUnavailable, before we accept anything
         settings = self.protocol_settings()
         handler = TusHandler(settings, self.storage, self.locker, self.hooks, self.config.cors_origins,
                              fsync=self.config.fsync, progress_interval=self.config.progress_interval,
@@ -143,7 +172,10 @@ class TusServer:
             self._sweeper = ExpirySweeper(self.storage, self.locker, settings, on_error=self._background_errors())
             self._sweeper.metrics = self.metrics
             self._sweeper.start()
-        log.info("tusfast %s listening on %s (storage: %s)", __version__, self.url, _describe(self.storage))
+        # The address we bound, not --public-url: an operator with --port 0 must learn the port.
+        public = f", public URL {self.config.public_url}" if self.config.public_url else ""
+        log.info("tusfast %s listening on %s (storage: %s%s)", __version__, self.listen_url,
+                 _describe(self.storage), public)
 
     def _bind(self) -> socket.socket:
         if self.config.unix_socket:
@@ -160,8 +192,11 @@ class TusServer:
     @property
     def url(self) -> str:
         """The collection (creation) URL clients should use."""
-        if self.config.public_url:
-            return self.config.public_url
+        return self.config.public_url or self.listen_url
+
+    @property
+    def listen_url(self) -> str:
+        """The collection URL on the socket we listen on (behind a proxy, not what clients see)."""
         assert self._http is not None and self._http.sockets, "server is not started"
         sock = self._http.sockets[0]
         scheme = "https" if self.config.tls_cert else "http"
@@ -191,6 +226,12 @@ class TusServer:
                 await self.hooks.close(self.config.shutdown_timeout if timeout is None else timeout)
             if isinstance(self.locker, FileLocker):
                 self.locker.close()
+            elif isinstance(self.locker, ConnectedLocker):
+                await self.locker.disconnect()
+            if isinstance(self.storage, Lifecycle):
+                await self.storage.close()
+            if self.info_store is not None:
+                await self.info_store.close()
             log.info("tusfast stopped")
             self.reporter.flush(2.0)
         self._closed.set()
@@ -208,7 +249,11 @@ class TusServer:
 
 
 def _describe(storage: Storage) -> str:
+    infos = getattr(storage, "infos", None)
+    describe_infos = getattr(infos, "describe", None)
+    extra = f"; {describe_infos()}" if callable(describe_infos) else ""
     if isinstance(storage, FileStorage):
         layout = f", layout {storage.layout.template}" if storage.layout else ""
-        return f"files in {storage.directory}{layout}"
-    return type(storage).__name__
+        return f"files in {storage.directory}{layout}{extra}"
+    describe = getattr(storage, "describe", None)
+    return (str(describe()) if callable(describe) else type(storage).__name__) + extra

@@ -16,7 +16,9 @@ from .app import TusServer
 from .config import Config, parse_duration, parse_optional_duration, parse_size
 from .core.protocol import ALL_EXTENSIONS
 from .hooks.dispatcher import parse_events
+from .locking import ConnectedLocker, LockUnavailable
 from .observability import logs
+from .storage import Lifecycle, StorageUnavailable
 from .sweeper import ExpirySweeper
 
 ENV_PREFIX = "TUSFAST_"
@@ -52,6 +54,16 @@ OPTIONS = [
     Option("--port", "port", "TCP port; 0 picks a free one (default 1080)", int),
     Option("--base-path", "base_path", "URL path of the upload collection (default /files/)"),
     Option("--upload-dir", "upload_dir", "directory for upload data and .info files (default ./data)", Path),
+    Option("--storage", "storage", "where uploads live: file (default, in --upload-dir) or s3 (needs tusfast[s3])",
+           str.lower),
+    Option("--s3-bucket", "s3_bucket", "with --storage s3: the bucket (it must exist)"),
+    Option("--s3-endpoint", "s3_endpoint", "an S3-compatible server instead of AWS, e.g. http://127.0.0.1:9000"),
+    Option("--s3-prefix", "s3_prefix", "key prefix of every object, e.g. uploads/ (default none)"),
+    Option("--s3-region", "s3_region", "AWS region (default from the AWS environment and config)"),
+    Option("--s3-part-size", "s3_part_size", "size of the parts of the multipart uploads, at least 5M; grown "
+           "for uploads that would need more than 10,000 parts (default 8M)", parse_size),
+    Option("--s3-temp-dir", "s3_temp_dir", "directory for parts larger than --s3-part-size and for "
+           "checksummed bodies until they are verified (default the system temp directory)"),
     Option("--max-size", "max_size", "largest upload accepted, e.g. 50G (default: no limit)", parse_size),
     Option("--public-url", "public_url", "absolute collection URL clients see, e.g. https://x.org/files/"),
     Option("--behind-proxy", "behind_proxy", "trust X-Forwarded-Host/Proto/Prefix and Forwarded", None),
@@ -72,9 +84,20 @@ OPTIONS = [
     Option("--head-timeout", "head_timeout", "a request head must arrive within (default 30s)", parse_duration),
     Option("--lock-timeout", "lock_timeout", "wait this long for another request to release an upload "
            "(default 20s)", parse_duration),
+    Option("--redis-url", "redis_url", "share upload locks among tusfast instances through this Redis, e.g. "
+           "redis://127.0.0.1:6379/0 (needs tusfast[redis])"),
+    Option("--redis-prefix", "redis_prefix", "prefix of the Redis keys and channels (default tusfast:)"),
+    Option("--redis-lock-lease", "redis_lock_lease", "with --redis-url, a lock held by a crashed instance is "
+           "free after at most this; shorter than --lock-timeout (default 5s)", parse_duration),
+    Option("--info-store", "info_store", "where upload info and offsets live: file (default: the storage's own "
+           ".info files or objects) or redis (in --redis-url, with fenced offsets; for hosts sharing a "
+           "directory or bucket)", str.lower),
     Option("--shutdown-timeout", "shutdown_timeout", "on SIGTERM, let requests finish for (default 30s)",
            parse_duration),
     Option("--max-connections", "max_connections", "connections per process (default 10000)", int),
+    Option("--max-connections-per-ip", "max_connections_per_ip", "connections per client address and process; "
+           "Unix sockets are exempt (default 0: off, because NAT, mobile carriers and reverse proxies put "
+           "many clients behind one address; set it only when clients connect directly)", int),
     Option("--max-head-size", "max_head_size", "largest request head, e.g. 64K (default)", parse_size),
     Option("--metrics", "metrics", "serve Prometheus metrics at /metrics (per process: with --workers, "
            "each worker has its own)", None),
@@ -120,6 +143,10 @@ FLAG_ALIASES: dict[str, tuple[str, ...]] = {
     "--base-path": ("-base-path", "--url"),
     "--upload-dir": ("-upload-dir", "--data-dir"),
     "--max-size": ("-max-size", "--max-file-size"),
+    "--s3-bucket": ("-s3-bucket",),
+    "--s3-endpoint": ("-s3-endpoint",),
+    "--s3-prefix": ("-s3-object-prefix",),
+    "--s3-part-size": ("-s3-part-size",),
     "--behind-proxy": ("-behind-proxy",),
     "--dir-layout": ("--dir-structure",),
     "--cors-origin": ("--cors",),
@@ -173,7 +200,10 @@ def environment_value(option: Option) -> str | None:
 
 
 CLEANUP_OPTIONS = [option for option in OPTIONS
-                   if option.field in ("upload_dir", "dir_layout", "expire_after", "log_level", "lock_timeout")]
+                   if option.field in ("upload_dir", "dir_layout", "expire_after", "log_level", "lock_timeout",
+                                       "redis_url", "redis_prefix", "redis_lock_lease", "info_store",
+                                       "storage", "s3_bucket",
+                                       "s3_endpoint", "s3_prefix", "s3_region")]
 ENV_EPILOG = "Every flag can also be set as an environment variable, e.g. --max-size as TUSFAST_MAX_SIZE."
 
 
@@ -258,7 +288,7 @@ def run(config: Config, sock: Any = None) -> int:
         uvloop.run(_serve(config, sock))
     except ImportError:
         asyncio.run(_serve(config, sock))
-    except OSError as exc:      # port in use, directory not writable: say so, no traceback
+    except (OSError, LockUnavailable, StorageUnavailable) as exc:   # port in use, Redis or bucket missing: say so
         logging.getLogger("tusfast").error("cannot start: %s", exc)
         return 1
     return 0
@@ -273,10 +303,29 @@ def cleanup(config: Config) -> int:
     async def sweep() -> int:
         server = TusServer(config)
         sweeper = ExpirySweeper(server.storage, server.locker, server.protocol_settings())
-        return await sweeper.sweep_once()
+        if isinstance(server.locker, ConnectedLocker):
+            await server.locker.connect()   # Redis down: say so once, not once per upload
+        if isinstance(server.storage, Lifecycle):
+            await server.storage.open()
+        if server.info_store is not None:
+            await server.info_store.open()
+        try:
+            return await sweeper.sweep_once()
+        finally:
+            if server.info_store is not None:
+                await server.info_store.close()
+            if isinstance(server.storage, Lifecycle):
+                await server.storage.close()
+            if isinstance(server.locker, ConnectedLocker):
+                await server.locker.disconnect()
 
-    removed = asyncio.run(sweep())
-    print(f"tusfast cleanup: removed {removed} expired upload(s) from {config.upload_dir}")
+    try:
+        removed = asyncio.run(sweep())
+    except (StorageUnavailable, LockUnavailable) as exc:
+        print(f"tusfast cleanup: {exc}")
+        return 1
+    where = f"S3 bucket {config.s3_bucket}" if config.storage == "s3" else config.upload_dir
+    print(f"tusfast cleanup: removed {removed} expired upload(s) from {where}")
     return 0
 
 

@@ -48,6 +48,13 @@ class Config:
     port: int = 1080
     base_path: str = "/files/"
     upload_dir: Path = Path("./data")
+    storage: str = "file"                   # or "s3" (needs tusfast[s3])
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None          # an S3-compatible server, e.g. http://127.0.0.1:9000 (MinIO)
+    s3_prefix: str = ""                     # key prefix of every object, e.g. "uploads/"
+    s3_region: str | None = None            # else from the AWS environment / config
+    s3_part_size: int = 8 * 1024 * 1024     # grown per upload to stay within 10,000 parts
+    s3_temp_dir: str | None = None          # for parts larger than --s3-part-size and staged bodies
     max_size: int | None = None
     public_url: str | None = None
     behind_proxy: bool = False
@@ -69,8 +76,13 @@ class Config:
     read_timeout: float = 60.0
     head_timeout: float = 30.0
     lock_timeout: float = 20.0
+    redis_url: str | None = None            # share locks among instances through this Redis
+    redis_prefix: str = "tusfast:"          # of every Redis key and channel tusfast uses
+    redis_lock_lease: float = 5.0           # a crashed instance's lock is free after at most this
+    info_store: str = "file"                # "redis": upload info and fenced offsets in Redis (needs redis_url)
     shutdown_timeout: float = 30.0
     max_connections: int = 10_000
+    max_connections_per_ip: int = 0        # per client address and process; 0: no limit
     max_head_size: int = 64 * 1024
     hooks_http: str | None = None           # POST hook events to this URL
     hooks_http_forward_headers: tuple[str, ...] = ()
@@ -101,6 +113,8 @@ class Config:
             raise ValueError("port must be between 0 and 65535")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.max_connections_per_ip < 0:
+            raise ValueError("max connections per IP must not be negative (0 turns the limit off)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.max_size is not None and self.max_size < 0:
@@ -120,6 +134,8 @@ class Config:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         self._check_hooks()
+        self._check_storage()
+        self._check_redis()
         if self.metrics_listen is not None:
             from .observability.metrics import parse_listen
             parse_listen(self.metrics_listen)       # raises ValueError with examples
@@ -133,6 +149,22 @@ class Config:
         if unknown:
             raise ValueError(f"unknown extensions: {', '.join(sorted(unknown))}")
 
+    def _check_storage(self) -> None:
+        if self.storage not in ("file", "s3"):
+            raise ValueError("storage must be file or s3")
+        if self.storage != "s3":
+            return
+        if self.dir_layout or self.flat_links:
+            raise ValueError("--dir-layout and --flat-links apply to file storage only")
+        if not self.s3_bucket:
+            raise ValueError("--storage s3 needs --s3-bucket")
+        if not 5 * 1024**2 <= self.s3_part_size <= 5 * 1024**3:
+            raise ValueError("S3 part size must be between 5M (S3's minimum) and 5G")
+        if self.s3_endpoint is not None and not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
+            raise ValueError("S3 endpoint must be a URL like http://127.0.0.1:9000")
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("--storage s3 with --workers needs --redis-url: the processes must share locks")
+
     def _check_hooks(self) -> None:
         if self.hooks_http and self.hooks_dir:
             raise ValueError("choose one of --hooks-http and --hooks-dir")
@@ -144,6 +176,20 @@ class Config:
             raise ValueError("hooks fallback must be allow or deny")
         if self.hooks_http_retries < 0 or not self.hooks_http_timeout > 0 or self.progress_interval < 0:
             raise ValueError("hook retries, timeout and progress interval must not be negative")
+
+    def _check_redis(self) -> None:
+        if self.info_store not in ("file", "redis"):
+            raise ValueError("info store must be file or redis")
+        if not self.redis_url:
+            object.__setattr__(self, "redis_url", None)     # TUSFAST_REDIS_URL= means none
+            if self.info_store == "redis":
+                raise ValueError("--info-store redis needs --redis-url")
+            return
+        if not re.fullmatch(r"(rediss?|unix)://\S+", self.redis_url):
+            raise ValueError("redis URL must look like redis://127.0.0.1:6379/0 (or rediss://, unix://)")
+        if not 0.5 <= self.redis_lock_lease < self.lock_timeout:
+            # A waiter must outlast the lease, or a crashed instance's uploads answer 423 until it ends.
+            raise ValueError("redis lock lease must be at least 500ms and shorter than the lock timeout")
 
     @property
     def extensions(self) -> tuple[str, ...]:

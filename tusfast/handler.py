@@ -53,8 +53,8 @@ from .http.body import (
     MalformedBody,
     RequestBody,
 )
-from .http.messages import FileBody, HttpRequest, HttpResponse
-from .locking import Locker, LockTimeout
+from .http.messages import FileBody, HttpRequest, HttpResponse, StreamBody
+from .locking import Lock, Locker, LockTimeout, LockUnavailable
 from .nativeio import SpliceError
 from .observability.logs import AccessLog, NullAccessLog
 from .observability.metrics import NULL_METRICS, Metrics
@@ -63,6 +63,7 @@ from .storage import (
     Concatenatable,
     DirectWriter,
     LengthDeferrable,
+    LocalFile,
     Readable,
     Storage,
     StorageFull,
@@ -73,6 +74,7 @@ from .storage import (
     UploadNotFound,
     UploadWriter,
 )
+from .storage.info import Fenced, OffsetConflict
 
 log = logging.getLogger("tusfast")
 
@@ -102,7 +104,35 @@ def new_upload_id() -> str:
 
 @dataclass
 class FileReply(Reply):
-    file: FileBody | None = None
+    file: FileBody | StreamBody | None = None
+
+
+async def _stream(storage: Readable, info: UploadInfo, start: int, end: int) -> StreamBody:
+    """A download through read_range. The first chunk is read before the reply, so a store that
+    fails right away still gets a proper error reply instead of a cut connection."""
+    chunks = storage.read_range(info, start, end)
+    first = await anext(chunks, b"") if end > start else b""
+    return StreamBody(_Prefetched(first, chunks), end - start)
+
+
+class _Prefetched:
+    def __init__(self, first: bytes, chunks: AsyncIterator[bytes]) -> None:
+        self._first = first
+        self._chunks = chunks
+
+    def __aiter__(self) -> "_Prefetched":
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first:
+            first, self._first = self._first, b""
+            return first
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class TusHandler:
@@ -118,6 +148,8 @@ class TusHandler:
         self._progress_interval = progress_interval
         self._fsync = fsync
         self._storage = storage
+        # With a separate info store (--info-store redis), writers record offsets under the lock's fence.
+        self._fencing = getattr(storage, "infos", None) is not None
         self._locker = locker
         self._hooks = hooks or NoHooks()
         self._cors_origins = cors_origins
@@ -140,6 +172,10 @@ class TusHandler:
         except HookRejected as rejection:
             reply = _rejected(rejection)
             failed_hook = rejection.hook
+        except OffsetConflict as conflict:     # a writer whose lock was taken over: its bytes do not count
+            log.warning("%s %s: %s", request.method, request.target, conflict)
+            offset = [] if conflict.offset is None else [("Upload-Offset", str(conflict.offset))]
+            reply = tus.error_reply(TusError(ErrorKind.MISMATCHED_OFFSET, str(conflict), offset))
         except tuple(STORAGE_ERRORS) as error:
             if not isinstance(error, UploadNotFound):
                 log.warning("%s %s: %s", request.method, request.target, error)
@@ -190,23 +226,28 @@ class TusHandler:
                           created_at=now, updated_at=now, concat=intent.concat)
         info = await self._pre_create(info, request)
         location = tus.upload_url(head, self.settings, info.id)
-        async with self._locked(info.id, request.body.abort):
+        async with self._locked(info.id, request.body.abort) as lock:
             info = await self._store_new(info)
             log.info("upload created id=%s length=%s", info.id, info.length)
             await self._hook(HookEvent.POST_CREATE, info, request)
             if head.has_body:
                 append = Append(info.id, 0, None, intent.body_size, intent.checksum, intent.trailer_checksum)
-                info = await self._receive_new(info, append, request)
+                info = await self._receive_new(info, append, request, location, lock)
             elif info.is_complete:
                 await self._finished(info, request)
         return tus.created_reply(info, location, self.settings)
 
-    async def _receive_new(self, info: UploadInfo, append: Append, request: HttpRequest) -> UploadInfo:
-        """creation-with-upload: a body that fails its checksum leaves no orphan upload behind."""
+    async def _receive_new(self, info: UploadInfo, append: Append, request: HttpRequest, location: str,
+                           lock: Lock) -> UploadInfo:
+        """creation-with-upload: a body that fails its checksum leaves no orphan upload behind; after
+        any other failure (disk full, body cut short) the upload stays, and the error reply says
+        where it is, so the client can resume from the Upload-Offset it also carries."""
         try:
-            return await self._receive(info, tus.plan_append(append, info, self.settings), append, request)
+            return await self._receive(info, tus.plan_append(append, info, self.settings), append, request, lock)
         except TusError as error:
-            if error.kind is ErrorKind.CHECKSUM_MISMATCH and isinstance(self._storage, Terminatable):
+            if error.kind is not ErrorKind.CHECKSUM_MISMATCH:
+                error.headers.append(("Location", location))
+            elif isinstance(self._storage, Terminatable):
                 await self._storage.terminate(info)
                 await self._locker.forget(info.id)
                 self._metrics.upload_terminated(was_complete=False)
@@ -300,13 +341,13 @@ class TusHandler:
         return info
 
     async def _append(self, intent: Append, head: RequestHead, request: HttpRequest) -> Reply:
-        async with self._locked(intent.upload_id, request.body.abort):
+        async with self._locked(intent.upload_id, request.body.abort) as lock:
             info = await self._live_info(intent.upload_id)
             await self._hook(HookEvent.PRE_ACCESS, info, request)
             plan = tus.plan_append(intent, info, self.settings)
             if plan.new_length is not None:
                 info = await self._declare_length(info, plan.new_length)
-            info = await self._receive(info, plan, intent, request)
+            info = await self._receive(info, plan, intent, request, lock)
         return tus.append_reply(info, self.settings)
 
     async def _download(self, intent: Download, head: RequestHead, request: HttpRequest) -> Reply:
@@ -316,9 +357,11 @@ class TusHandler:
         plan = plan_download(intent, info)
         if plan.status == 304:
             return Reply(304, plan.headers)
+        if isinstance(self._storage, LocalFile):
+            fd = await self._storage.open_file(info)
+            return FileReply(plan.status, plan.headers, file=FileBody(fd, plan.start, plan.count))
         assert isinstance(self._storage, Readable)        # downloads are on only if it is
-        fd = await self._storage.open_file(info)
-        return FileReply(plan.status, plan.headers, file=FileBody(fd, plan.start, plan.count))
+        return FileReply(plan.status, plan.headers, file=await _stream(self._storage, info, plan.start, plan.end))
 
     async def _terminate(self, intent: Terminate, head: RequestHead, request: HttpRequest) -> Reply:
         async with self._locked(intent.upload_id, _ignore):
@@ -336,13 +379,16 @@ class TusHandler:
     # ---- shared steps -----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _locked(self, upload_id: str, on_release_requested: Callable[[], None]) -> AsyncIterator[None]:
+    async def _locked(self, upload_id: str, on_release_requested: Callable[[], None]) -> AsyncIterator[Lock]:
         try:
             lock = await self._locker.acquire(upload_id, on_release_requested)
         except LockTimeout:
             raise TusError(ErrorKind.LOCKED) from None
+        except LockUnavailable as error:
+            log.warning("cannot lock upload %s: %s", upload_id, error)
+            raise TusError(ErrorKind.LOCK_UNAVAILABLE) from None
         try:
-            yield
+            yield lock
         finally:
             await lock.release()
 
@@ -350,17 +396,21 @@ class TusHandler:
         assert isinstance(self._storage, LengthDeferrable)    # deferring needs the extension
         return await self._storage.declare_length(info, length)
 
-    async def _receive(self, info: UploadInfo, plan: AppendPlan, intent: Append, request: HttpRequest) -> UploadInfo:
+    async def _receive(self, info: UploadInfo, plan: AppendPlan, intent: Append, request: HttpRequest,
+                       lock: Lock) -> UploadInfo:
         """Stream the body into storage. Without a checksum, every byte received is kept and the
         offset reported reflects it, whatever happens. With one, the bytes count only once the
         digest matched; otherwise the upload stays exactly as it was (checklist item 65)."""
         checksum = tus.new_checksum(intent.checksum)
         staged = checksum is not None or intent.trailer_checksum
         writer = await self._storage.open_writer(info, staged=staged)
-        progress = _Progress(info.offset)
+        if self._fencing and isinstance(writer, Fenced):    # the storage never sees the locker
+            writer.fence(getattr(lock, "fence", None), getattr(lock, "expired", _never))
+        progress = _Progress(info.offset, staged)
         if self._wants(HookEvent.POST_RECEIVE):
             progress.report = lambda offset: self._hook(HookEvent.POST_RECEIVE, replace(info, offset=offset), request)
             progress.interval = self._progress_interval
+        cut_short = False
         try:
             await self._pump(writer, progress, plan, request.body, checksum)
             try:
@@ -372,10 +422,17 @@ class TusHandler:
                 raise
             await writer.commit()
             progress.kept = progress.offset
+        except TusError:
+            cut_short = True
+            raise
         finally:
             info = replace(info, offset=progress.kept, updated_at=time.time())
             await writer.close(durable=self._fsync == "every-patch" or
                                (self._fsync == "complete" and info.is_complete))
+            if cut_short and info.is_complete and progress.kept > progress.start:
+                # The bytes kept from a body that went past the length (or broke off after its
+                # last byte) completed the upload: it is finished all the same (hooks, joins).
+                await self._finished(info, request)
         await progress.final_report()
         if info.is_complete:
             await self._finished(info, request, newly=progress.kept > progress.start or
@@ -422,7 +479,9 @@ class TusHandler:
             progress.offset = progress.start + body.received
             raise TusError(BODY_ERRORS[type(error)], headers=progress.header(progress.offset)) from None
         except SpliceError as error:
-            progress.offset += error.stored
+            # `stored` counts from `start`, the steps that went well included (`advanced` already
+            # moved progress.offset past those: adding would count them twice).
+            progress.offset = start + error.stored
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             kind = ErrorKind.STORAGE_FULL if full else ErrorKind.STORAGE_UNAVAILABLE
             raise TusError(kind, headers=progress.header(progress.offset)) from None
@@ -456,10 +515,14 @@ class TusHandler:
                 await writer.write(progress.offset, chunks)
             else:   # hash in a second thread while the first writes (hashlib drops the GIL)
                 await asyncio.gather(writer.write(progress.offset, chunks), asyncio.to_thread(checksum.update, chunks))
-        except StorageFull:
+        except StorageFull as full:
+            progress.offset += full.stored
+            if not progress.staged:     # the part that fitted is kept, as after any interruption
+                progress.kept = progress.offset
             raise TusError(ErrorKind.STORAGE_FULL, headers=progress.header()) from None
         progress.offset += sum(len(chunk) for chunk in chunks)
-        if checksum is None:
+        # Staged bytes (a checksum in the header or a declared trailer) count only once verified.
+        if not progress.staged:
             progress.kept = progress.offset
             await progress.tick()
 
@@ -527,8 +590,9 @@ def _rejected(rejection: HookRejected) -> Reply:
 
 
 class _Progress:
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, staged: bool = False) -> None:
         self.start = offset
+        self.staged = staged    # written bytes are provisional until the checksum matched
         self.offset = offset    # written
         self.kept = offset      # written and final: what the upload's offset becomes
         self.report: Callable[[int], Awaitable[object]] | None = None     # post-receive
@@ -563,6 +627,10 @@ def _truncate(chunks: list[Buffer], size: int) -> list[Buffer]:
         kept.append(chunk[:size])
         size -= len(kept[-1])
     return kept
+
+
+def _never() -> bool:
+    return False
 
 
 def _ignore() -> None:

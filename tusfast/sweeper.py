@@ -14,7 +14,7 @@ from typing import Callable
 from .core import protocol as tus
 from .core.model import UploadInfo
 from .core.protocol import ProtocolSettings
-from .locking import Locker, LockTimeout
+from .locking import Locker, LockTimeout, LockUnavailable
 from .observability.metrics import NULL_METRICS, Metrics
 from .storage import Expirable, Storage, StorageError, UploadNotFound
 
@@ -47,7 +47,7 @@ class ExpirySweeper:
         for upload_id in await self._storage.list_upload_ids():
             try:
                 removed += await self._remove_if_expired(upload_id)
-            except (StorageError, LockTimeout) as error:
+            except (StorageError, LockTimeout, LockUnavailable) as error:
                 log.warning("could not check upload %s for expiry: %s", upload_id, error)
         return removed
 

@@ -43,6 +43,7 @@ class ErrorKind(Enum):
     NOT_FOUND = (404, "upload not found")
     METHOD_NOT_ALLOWED = (405, "method not allowed on this resource")
     LOCKED = (423, "upload is busy with another request; retry shortly")
+    LOCK_UNAVAILABLE = (503, "the lock service (Redis) is unreachable, so the upload cannot be locked; retry shortly")
     INTERRUPTED = (400, "upload was interrupted by a newer request for the same upload")
     MALFORMED_BODY = (400, "malformed request body (chunked encoding)")
     BODY_TIMEOUT = (408, "request body stalled; the bytes received so far were kept")

@@ -27,7 +27,11 @@ class UploadCorrupt(StorageError):
 
 
 class StorageFull(StorageError):
-    pass
+    """`stored`: bytes of the failed write that did land before space ran out (they stay stored)."""
+
+    def __init__(self, message: str = "", stored: int = 0) -> None:
+        super().__init__(message)
+        self.stored = stored
 
 
 class StorageUnavailable(StorageError):
@@ -108,10 +112,26 @@ class Expirable(Protocol):
 
 @runtime_checkable
 class Readable(Protocol):
-    def read_range(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]: ...
+    def read_range(self, info: UploadInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """The upload's bytes [start, end) in chunks (downloads, and a trailer checksum read back)."""
+
+
+@runtime_checkable
+class LocalFile(Protocol):
+    """Data in a local file: downloads go out by sendfile instead of through read_range."""
 
     async def open_file(self, info: UploadInfo) -> int:
         """A read-only file descriptor of the upload's data, for sendfile; the caller closes it."""
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """A backend with connections: opened in the server's running loop at start, closed at stop."""
+
+    async def open(self) -> None:
+        """Connect and check the store is usable; raises StorageUnavailable with a reason."""
+
+    async def close(self) -> None: ...
 
 
 # The tus extensions (and downloads) that depend on the backend, and the protocol providing each.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -28,16 +28,17 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from .. import nativeio
-from ..core.headers import parse_metadata
-from ..core.model import UploadInfo, is_valid_upload_id, tusd_file_info
+from ..core.model import UploadInfo, is_valid_upload_id
+from .info_json import STAGED_SUFFIX, decode_info, encode_info, safe_relative_path
 from .base import Buffer, StorageFull, StorageUnavailable, UploadCorrupt, UploadGone, UploadNotFound
+from .info import FencedWriter, InfoStore, OffsetConflict
 from .layout import DirLayout
 
 T = TypeVar("T")
+log = logging.getLogger("tusfast.storage")
 INDEX_DIR = ".ids"
 FINALS_DIR = ".finals"
 EXPIRED_DIR = ".expired"
-STAGED_SUFFIX = ".staged"
 READ_CHUNK = 1024 * 1024
 WRITE_BACK_WINDOW = 8 * 1024 * 1024     # bounded dirty data: durable ingest at disk speed
 INLINE_WRITE = 64 * 1024                # smaller writes go to the page cache inline
@@ -72,7 +73,7 @@ class FileWriter:
             else:
                 await self._run(self._write_paced, chunks, offset)
         except OSError as exc:
-            raise translate(exc) from exc
+            raise self._failed(exc, offset) from exc
 
     def _write_paced(self, chunks: Sequence[Buffer], offset: int) -> None:
         end = offset + nativeio.pwritev_all(self._fd, chunks, offset)
@@ -85,7 +86,18 @@ class FileWriter:
         try:
             self._write_paced([data], offset)
         except OSError as exc:
-            raise translate(exc) from exc
+            raise self._failed(exc, offset) from exc
+
+    def _failed(self, exc: OSError, offset: int) -> Exception:
+        """A write that ran out of space may have stored a part first: StorageFull says how much,
+        so the offset we report is what the file holds (the file's size is the offset)."""
+        error = translate(exc)
+        if isinstance(error, StorageFull):
+            try:
+                error.stored = max(0, os.fstat(self._fd).st_size - offset)
+            except OSError:
+                pass
+        return error
 
     def wrote(self, offset: int, count: int) -> None:
         """Account for bytes written at offset (also by splice): every full window goes to disk."""
@@ -121,8 +133,12 @@ def _roll_back(fd: int, offset: int, marker: str) -> None:
 
 class FileStorage:
     def __init__(self, directory: str | os.PathLike[str], dir_layout: str | None = None,
-                 executor: ThreadPoolExecutor | None = None, flat_links: bool = False) -> None:
+                 executor: ThreadPoolExecutor | None = None, flat_links: bool = False,
+                 info_store: InfoStore | None = None) -> None:
         self.directory = Path(directory).absolute()
+        # None: info in <id>.info files, offset = file size. Else info and recorded offsets live
+        # there (storage/info.py), with paths relative to the directory (hosts may mount it anywhere).
+        self.infos = info_store
         self.layout = DirLayout(dir_layout) if dir_layout else None
         # For consumers that look data up as <upload dir>/<id> although it lives elsewhere.
         self.flat_links = flat_links
@@ -154,13 +170,20 @@ class FileStorage:
     # ---- the Storage protocol ---------------------------------------------------------------
 
     async def create(self, info: UploadInfo) -> UploadInfo:
+        if self.infos is not None:
+            return await self._create_recorded(self.infos, info)
         return self._inline(self._create, info)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
+        if self.infos is not None:
+            return await self._get_recorded(self.infos, upload_id)
         return self._inline(self._get_info, upload_id)
 
-    async def open_writer(self, info: UploadInfo, staged: bool = False) -> FileWriter:
+    async def open_writer(self, info: UploadInfo, staged: bool = False) -> FileWriter | FencedWriter:
         fd = self._inline(os.open, self._data_path(info), os.O_WRONLY | os.O_CLOEXEC)
+        if self.infos is not None:  # no marker: staged bytes count only once recorded
+            return FencedWriter(FileWriter(fd, self._run, start=info.offset), self.infos, info, staged=staged,
+                                periodic=True)
         if not staged:
             return FileWriter(fd, self._run, start=info.offset)
         marker = self._data_path(info) + STAGED_SUFFIX
@@ -173,28 +196,48 @@ class FileStorage:
 
     async def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
         updated = info.with_length(length)
-        self._inline(self._write_info, updated)
+        if self.infos is not None:
+            await self.infos.save(self._portable(updated))
+        else:
+            self._inline(self._write_info, updated)
         return updated
 
     async def terminate(self, info: UploadInfo) -> None:
+        if self.infos is not None:      # the info goes first, as with files
+            await self.infos.delete(info.id)
+            return self._inline(self._remove_recorded, info)
         self._inline(self._terminate, info)
 
     async def concatenate(self, final: UploadInfo, partials: Sequence[UploadInfo]) -> UploadInfo:
-        return await self._call(self._concatenate, final, partials)
+        joined = await self._call(self._concatenate, final, partials)
+        if self.infos is not None:
+            await self.infos.save(self._portable(joined), offset=True)
+        return joined
 
     async def register_final(self, final: UploadInfo) -> None:
+        if self.infos is not None:
+            return await self.infos.register_final(final)
         self._inline(self._register_final, final)
 
     async def finals_waiting_for(self, partial_id: str) -> list[str]:
+        if self.infos is not None:
+            return await self.infos.finals_waiting_for(partial_id)
         return self._inline(self._finals_waiting_for, partial_id)
 
     async def list_upload_ids(self) -> list[str]:
+        if self.infos is not None:
+            return await self.infos.list_ids()
         return await self._call(self._list_upload_ids)
 
     async def expire(self, info: UploadInfo) -> None:
+        if self.infos is not None:
+            await self.infos.expire(info.id)
+            return self._inline(self._remove_recorded, info)
         self._inline(self._expire, info)
 
     async def prune_tombstones(self, older_than: float) -> int:
+        if self.infos is not None:
+            return await self.infos.prune_tombstones(older_than)
         return await self._call(self._prune_tombstones, older_than)
 
     async def open_file(self, info: UploadInfo) -> int:
@@ -214,34 +257,53 @@ class FileStorage:
 
     # ---- blocking implementations (run in the executor) -------------------------------------
 
-    def _create(self, info: UploadInfo) -> UploadInfo:
+    def _location(self, info: UploadInfo) -> tuple[str, str]:
+        """(directory relative to the upload dir, file name) of a new upload's data."""
         chosen = info.storage.get("Path")       # a relative path a pre-create hook chose
         if chosen:
-            subdir, name = os.path.split(_safe_relative(chosen))
-        else:
-            subdir, name = (self.layout.directory(info.created_at) if self.layout else ""), info.id
+            return os.path.split(safe_relative_path(chosen))
+        return (self.layout.directory(info.created_at) if self.layout else ""), info.id
+
+    def _create(self, info: UploadInfo) -> UploadInfo:
+        subdir, name = self._location(info)
+        self._check_directory()     # never recreate it: an unmounted volume must not fill the root disk
         folder = self.directory / subdir
         folder.mkdir(parents=True, exist_ok=True)
         data_path = folder / name
         info = replace(info, storage={"Type": "filestore", "Path": str(data_path),
                                       "InfoPath": str(data_path) + ".info"})
         os.close(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-        self._write_info(info)
-        if subdir or name != info.id:
-            self._link_index(info.id, os.path.join(subdir, name))
-            if self.flat_links:
-                os.symlink(os.path.join(subdir, name), self.directory / info.id)
+        made: list[str | Path] = [data_path]
+        try:
+            self._write_info(info)
+            made.append(info.storage["InfoPath"])
+            if subdir or name != info.id:
+                self._link_index(info.id, os.path.join(subdir, name))
+                made.append(self._index_path(info.id))
+                if self.flat_links:
+                    os.symlink(os.path.join(subdir, name), self.directory / info.id)
+        except BaseException:       # e.g. no room for the info file: leave no half-made upload behind
+            for path in reversed(made):
+                _unlink_quietly(path)
+            raise
         return info
+
+    def _check_directory(self) -> None:
+        if not self.directory.is_dir():
+            raise StorageUnavailable(f"upload directory {self.directory} is missing")
 
     def _get_info(self, upload_id: str) -> UploadInfo:
         info_path = self._find_info(upload_id)
         try:
             raw = info_path.read_bytes()
         except FileNotFoundError:
+            self._check_directory()     # a missing directory is an outage, not a missing upload
             if self._tombstone(upload_id).exists():
                 raise UploadGone(upload_id) from None
             raise UploadNotFound(upload_id) from None
-        info = _decode_info(raw, upload_id)
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            raise UploadCorrupt(f"info file of upload {upload_id} is unreadable: {exc}") from None
+        info = decode_info(raw, upload_id)
         data_path = str(info_path)[:-len(".info")]
         _recover_staged(data_path)
         try:
@@ -278,9 +340,13 @@ class FileStorage:
     def _write_info(self, info: UploadInfo) -> None:
         info_path = Path(info.storage["InfoPath"])
         temp = info_path.with_name(f".{info_path.name}.tmp")
-        with open(temp, "wb") as stream:
-            stream.write(_encode_info(info))
-        os.replace(temp, info_path)
+        try:
+            with open(temp, "wb") as stream:
+                stream.write(encode_info(info))
+            os.replace(temp, info_path)
+        except BaseException:       # no room for it, say: the old info stays, and no temp file
+            temp.unlink(missing_ok=True)
+            raise
 
     def _terminate(self, info: UploadInfo) -> None:
         # The info goes first: once it is gone the upload no longer exists, whatever else remains.
@@ -309,7 +375,7 @@ class FileStorage:
         finally:
             os.close(fd)
         joined = replace(final, offset=position, length=position)
-        if final.length is None:    # partials with deferred lengths: now it is known
+        if final.length is None and self.infos is None:    # partials with deferred lengths: now it is known
             self._write_info(joined)
         return joined
 
@@ -371,19 +437,93 @@ class FileStorage:
     def _data_path(self, info: UploadInfo) -> str:
         return info.storage["Path"]
 
+    # ---- with an info store (--info-store redis) ---------------------------------------------
+
+    async def _create_recorded(self, infos: InfoStore, info: UploadInfo) -> UploadInfo:
+        subdir, name = self._location(info)
+        info = self._inline(self._new_data_file, info, subdir, name)
+        try:
+            await infos.create(self._portable(info))
+            if self.flat_links and (subdir or name != info.id):
+                self._inline(os.symlink, os.path.join(subdir, name), self.directory / info.id)
+        except BaseException:       # the id is taken, or the store is down: leave no data file behind
+            self._inline(self._remove_recorded, info)
+            raise
+        return info
+
+    def _new_data_file(self, info: UploadInfo, subdir: str, name: str) -> UploadInfo:
+        self._check_directory()
+        folder = self.directory / subdir
+        folder.mkdir(parents=True, exist_ok=True)
+        data_path = folder / name
+        os.close(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        return replace(info, storage={"Type": "filestore", "Path": str(data_path)})
+
+    async def _get_recorded(self, infos: InfoStore, upload_id: str) -> UploadInfo:
+        """offset = min(recorded, file size): bytes beyond the recorded offset (a request cut off
+        before it recorded them, or a writer that lost its lock) do not count, and a file that lost
+        bytes the store recorded (power loss with --fsync never) reports what it holds."""
+        info = self._local(await infos.load(upload_id))
+        size = self._inline(self._data_size, info)
+        if size < info.offset:
+            log.warning("upload %s: the data file holds %d bytes, %d were recorded", upload_id, size, info.offset)
+            try:
+                await infos.advance(upload_id, info.offset, size, None)
+            except OffsetConflict:  # moved meanwhile: the next look-up sees it
+                pass
+            info = replace(info, offset=size)
+        return info
+
+    def _data_size(self, info: UploadInfo) -> int:
+        try:
+            return os.stat(self._data_path(info)).st_size
+        except FileNotFoundError:
+            self._check_directory()
+            raise UploadCorrupt(f"data file of upload {info.id} is missing") from None
+
+    def _remove_recorded(self, info: UploadInfo) -> None:
+        data = self._data_path(info)
+        for path in (data, data + STAGED_SUFFIX):
+            _unlink_quietly(path)
+        flat = self.directory / info.id
+        if flat.is_symlink():
+            flat.unlink()
+
+    def _portable(self, info: UploadInfo) -> UploadInfo:
+        """As the info store keeps it: the data path relative to the upload directory."""
+        path = os.path.relpath(info.storage["Path"], self.directory)
+        return replace(info, storage={**info.storage, "Path": path})
+
+    def _local(self, info: UploadInfo) -> UploadInfo:
+        path = info.storage.get("Path", "")
+        try:
+            relative = safe_relative_path(path) if path else ""
+        except ValueError:
+            relative = ""
+        if not relative:
+            raise UploadCorrupt(f"the recorded info of upload {info.id} has no valid data path")
+        return replace(info, storage={**info.storage, "Path": str(self.directory / relative)})
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
 
 def _write_marker(marker: str, offset: int) -> None:
-    with open(marker, "w") as stream:
-        stream.write(str(offset))
-
-
-def _safe_relative(path: str) -> str:
-    """A storage path chosen by a hook: relative, inside the upload directory, no dot-directories."""
-    parts = path.split("/")
-    if (os.path.isabs(path) or "\0" in path or parts[-1].endswith((".info", STAGED_SUFFIX))
-            or any(part in ("", ".", "..") or part.startswith(".") for part in parts)):
-        raise ValueError(f"unsafe storage path {path!r}")
-    return path
+    """Whole or not at all (temp file + rename): recovery reads an empty marker as "roll back to 0",
+    so a marker cut short by a full disk or a kill would throw away every byte stored before."""
+    head, name = os.path.split(marker)
+    temp = os.path.join(head, f".{name}.tmp")
+    try:
+        with open(temp, "w") as stream:
+            stream.write(str(offset))
+        os.replace(temp, marker)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
 
 
 def _recover_staged(data_path: str) -> None:
@@ -399,32 +539,3 @@ def _recover_staged(data_path: str) -> None:
     if os.stat(data_path).st_size > offset:
         os.truncate(data_path, offset)
     os.unlink(marker)
-
-
-def _encode_info(info: UploadInfo) -> bytes:
-    document = {
-        **tusd_file_info(info),
-        "Storage": info.storage,
-        "Tusfast": {"MetaDataHeader": info.metadata_header, "CreatedAt": info.created_at, "Concat": info.concat},
-    }
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _decode_info(raw: bytes, upload_id: str) -> UploadInfo:
-    try:
-        document = json.loads(raw)
-        extra = document.get("Tusfast") or {}
-        header = extra.get("MetaDataHeader")
-        metadata = (parse_metadata(header) if header else
-                    {key: str(value).encode() for key, value in (document.get("MetaData") or {}).items()})
-        length = None if document.get("SizeIsDeferred") else int(document["Size"])
-        if document["ID"] != upload_id or (length is not None and length < 0):
-            raise ValueError("info does not describe this upload")
-        partials = tuple(str(item) for item in document.get("PartialUploads") or ())
-        if not all(is_valid_upload_id(item) for item in partials):
-            raise ValueError("invalid partial upload ids")
-        concat = extra.get("Concat") or ("partial" if document.get("IsPartial") else None)
-        return UploadInfo(upload_id, length, 0, metadata, header, float(extra.get("CreatedAt") or 0.0),
-                          dict(document.get("Storage") or {}), concat=concat, partials=partials)
-    except Exception as exc:    # any defect in one info file is that upload's problem only
-        raise UploadCorrupt(f"info file of upload {upload_id} is unreadable: {exc}") from None
