@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import s3, scaleout
+from .cluster import make_server, unavailable
 from .loadgen import ProtocolError, SourceFile
 from .report import (
     Row,
@@ -68,8 +70,8 @@ def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:
 
 def parse_scenarios(text: str) -> list[int]:
     if text == "all":
-        return [1, 2, 3, 4, 5, 6]
-    return sorted({int(item) for item in parse_list(text, ("1", "2", "3", "4", "5", "6"))})
+        return [1, 2, 3, 4, 5, 6, 7, 8]
+    return sorted({int(item) for item in parse_list(text, ("1", "2", "3", "4", "5", "6", "7", "8"))})
 
 
 def parse_peers(text: str) -> list[str] | None:
@@ -89,11 +91,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="small preset (" + ", ".join(f"{k}={v}" for k, v in QUICK.items())
                    + "); explicit flags still win")
-    p.add_argument("--size", type=parse_size, help=f"upload size of scenarios 1, 2, 5, 6 ({FULL['size']})")
-    p.add_argument("--chunk", type=parse_size, help=f"PATCH size of scenarios 2, 6 ({FULL['chunk']})")
-    p.add_argument("--concurrency", type=int, help=f"connections in scenarios 3, 4 ({FULL['concurrency']})")
+    p.add_argument("--size", type=parse_size, help=f"upload size of scenarios 1, 2, 5, 6, 8 ({FULL['size']})")
+    p.add_argument("--chunk", type=parse_size, help=f"PATCH size of scenarios 2, 6, 8 ({FULL['chunk']})")
+    p.add_argument("--concurrency", type=int, help=f"connections in scenarios 3, 4, 7 ({FULL['concurrency']})")
     p.add_argument("--each-size", type=parse_size,
-                   help=f"size of each upload in scenario 3 ({FULL['each_size']}, at most --size)")
+                   help=f"size of each upload in scenarios 3, 7 ({FULL['each_size']}, at most --size)")
     p.add_argument("--small-count", type=int, help=f"uploads in scenario 4 ({FULL['small_count']})")
     p.add_argument("--small-size", type=parse_size,
                    help=f"size of each upload in scenario 4 ({FULL['small_size']})")
@@ -183,19 +185,22 @@ def measure(server: RunningServer, scenario: Scenario, source: SourceFile,
     server.clean(scenario.keep(server))
     os.sync()                           # no dirty pages of an earlier run are written back during this one
     server.reset_peak_rss()
-    before = server.usage()
+    before, aux_before = server.usage(), server.aux_usage()
     run = scenario.run(server, source, sizes)
-    after = server.usage()
+    after, aux_after = server.usage(), server.aux_usage()
     server.check_alive()
     verified = scenario.verify(server, source, sizes, run)
     return Sample(run.wall, run.nbytes, run.uploads, after.cpu - before.cpu, run.loadgen_cpu,
-                  after.peak_rss), verified
+                  after.peak_rss, aux_after.cpu - aux_before.cpu), verified
 
 
 def start_server(row: Row, scenario: Scenario, source: SourceFile, sizes: Sizes,
                  workdir: Path) -> RunningServer | None:
     """Start, check, warm up and prepare one server; None (and the row marked) if it can't run."""
-    server = RunningServer(row.server, workdir)
+    if absent := unavailable(row.server):
+        row.fail("n/a", absent)
+        return None
+    server = make_server(row.server, workdir)
     try:
         server.start()
         if reason := scenario.missing(server):
@@ -329,16 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     notes = standing_notes(args, tmp_root)
     standing = len(notes)
     specs = choose_servers(args, notes)
-    for note in notes[standing:]:         # skipped peers, missing flags
+    every = [*build(sizes), scaleout.scenario(sizes), s3.scenario(sizes)]
+    scenarios = [scenario for scenario in every if scenario.number in args.scenarios]
+    rows_of = {scenario.number: scenario.servers(specs, notes) if scenario.servers else specs
+               for scenario in scenarios}
+    for note in notes[standing:]:         # skipped peers, missing flags, missing Redis or moto
         print(note, file=sys.stderr)
-    scenarios = [scenario for scenario in build(sizes) if scenario.number in args.scenarios]
-    progress = Progress(len(scenarios) * len(specs) * args.repeat)
+    progress = Progress(sum(len(rows_of[scenario.number]) for scenario in scenarios) * args.repeat)
     progress.show(f"preparing a {sizes.source_size >> 20} MiB random source file in {args.cache_dir}")
     source = SourceFile(args.cache_dir / "source.bin", sizes.source_size).open()
     log_notes: dict[str, list[str]] = {}
     try:
-        results = [run_scenario(scenario, specs, source, sizes, args, tmp_root, progress, log_notes)
-                   for scenario in scenarios]
+        results = [run_scenario(scenario, rows_of[scenario.number], source, sizes, args, tmp_root, progress,
+                                log_notes) for scenario in scenarios]
     finally:
         progress.close()
         source.close()

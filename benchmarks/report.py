@@ -25,6 +25,7 @@ class Sample:
     server_cpu: float
     loadgen_cpu: float
     peak_rss: int
+    aux_cpu: float = 0.0                # a helper server's (Redis, S3) CPU, not in server_cpu
 
 
 @dataclass
@@ -76,6 +77,7 @@ def summarize(row: Row, peers: list[Row], per_upload: bool) -> dict[str, Any]:
         "server": row.server.label, "kind": row.server.kind, "fsync": row.server.fsync,
         "version": row.server.version, "status": row.status, "note": row.note,
         "verified": row.verified, "unit": UPLOADS_PER_S if per_upload else "MB/s",
+        "instances": getattr(row.server, "instances", 1),
     }
     if row.status != "ok" or not row.samples:
         return summary
@@ -85,6 +87,7 @@ def summarize(row: Row, peers: list[Row], per_upload: bool) -> dict[str, Any]:
     summary.update({
         "median": statistics.median(rates),
         "runs": rates,
+        "uploads_per_s": statistics.median(s.uploads / s.wall for s in samples),
         f"server_cpu_{cpu_key}": statistics.median(cost(s.server_cpu, s, per_upload) for s in samples),
         f"loadgen_cpu_{cpu_key}": statistics.median(cost(s.loadgen_cpu, s, per_upload) for s in samples),
         "server_cpu_cores": statistics.median(s.server_cpu / s.wall for s in samples),
@@ -92,6 +95,9 @@ def summarize(row: Row, peers: list[Row], per_upload: bool) -> dict[str, Any]:
         "peak_rss_mib": max(s.peak_rss for s in samples) / MIB,
         "samples": [sample.__dict__ for sample in samples],
     })
+    if helper := getattr(row.server, "helper_label", ""):
+        summary["helper"] = helper
+        summary[f"helper_cpu_{cpu_key}"] = statistics.median(cost(s.aux_cpu, s, per_upload) for s in samples)
     if not row.server.is_peer:
         summary["ratios"] = ratios(row, peers, per_upload)
     return summary
@@ -126,11 +132,14 @@ def _cells(summary: dict[str, Any], peer_labels: list[str], per_upload: bool) ->
     versus = [("—" if label not in found else
                "n/a" if found[label] is None else f"{found[label]:.2f}×") for label in peer_labels]
     runs = summary["runs"]
+    helper = (f" (+ {summary['helper']} {summary[f'helper_cpu_{key}']:.3g})"
+              if summary.get("helper") else "")
+    several = not per_upload and summary["samples"][0]["uploads"] > 1    # scenarios 3 and 7
     return [
-        f"{_number(summary['median'])} {unit}",
+        f"{_number(summary['median'])} {unit}" + (f" ({summary['uploads_per_s']:.3g} up/s)" if several else ""),
         f"{_number(min(runs))}–{_number(max(runs))}" if len(runs) > 1 else "",
         *versus,
-        f"{summary[f'server_cpu_{key}']:.3g} {cpu_unit}",
+        f"{summary[f'server_cpu_{key}']:.3g} {cpu_unit}{helper}",
         f"{summary['peak_rss_mib']:,.0f} MiB",
         f"{summary[f'loadgen_cpu_{key}']:.3g} {cpu_unit} ({summary['loadgen_cpu_cores']:.2f} cores)",
     ]
@@ -158,7 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
               "repetition. `vs X`: median over repetitions of (this server's rate / X's rate in the "
               "same repetition). Server CPU: utime+stime of the server's process tree per GiB moved "
               "(per upload in scenario 4). Load-gen CPU: this harness's own CPU, in the same unit, "
-              "and the cores it kept busy.")]
+              "and the cores it kept busy. Rows with several instances sum their CPU and peak RSS; "
+              "a helper server's CPU (Redis, the S3 server) is shown apart as `(+ Redis x)`.")]
     parts += [f"- {note}" for note in meta["notes"]]
     return "\n".join(parts) + "\n"
 

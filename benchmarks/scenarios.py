@@ -21,7 +21,7 @@ from .loadgen import (
     head_offset,
     patch,
 )
-from .servers import RunningServer
+from .servers import RunningServer, ServerSpec
 
 MB_PER_S = "MB/s"
 UPLOADS_PER_S = "uploads/s"
@@ -56,6 +56,7 @@ class Timed:
 Runner = Callable[[RunningServer, SourceFile, Sizes], Timed]
 Verifier = Callable[[RunningServer, SourceFile, Sizes, Timed], str]
 Preparer = Callable[[RunningServer, SourceFile, Sizes], None]
+RowChooser = Callable[[list[ServerSpec], list[str]], list[ServerSpec]]     # (common rows, notes)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Scenario:
     verify: Verifier
     prepare: Preparer | None = None
     needs: str | None = None            # tus extension the server must announce in OPTIONS
+    servers: RowChooser | None = None   # rows of its own, made from the common ones (scenarios 7, 8)
 
     def missing(self, server: RunningServer) -> str | None:
         """Why the server cannot run this scenario, or None."""

@@ -46,6 +46,7 @@ class ServerSpec:
     argv: tuple[str, ...]
     version: str = ""
     cwd: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()      # added to this process's environment
 
     @property
     def is_peer(self) -> bool:
@@ -79,6 +80,11 @@ def _process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(children.get(pid, []))
     return tree
+
+
+def process_tree(root: int) -> list[int]:
+    """root and every process below it (tusfast's supervisor and its --workers)."""
+    return _process_tree(root)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -154,8 +160,9 @@ class RunningServer:
         self.port = free_port()
         argv = [arg.format(port=self.port, dir=self.upload_dir) for arg in self.spec.argv]
         with open(self.log_path, "ab") as log:
+            env = {**os.environ, **dict(self.spec.env)} if self.spec.env else None
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          cwd=self.spec.cwd, start_new_session=True)
+                                          cwd=self.spec.cwd, env=env, start_new_session=True)
         self._wait_ready()
         return self
 
@@ -197,6 +204,10 @@ class RunningServer:
     def usage(self) -> Usage:
         return tree_usage(self.pid)
 
+    def aux_usage(self) -> Usage:
+        """CPU of a helper server the server under test relies on (Redis, S3): none here."""
+        return Usage(0.0, 0)
+
     def reset_peak_rss(self) -> bool:
         return reset_peak_rss(self.pid)
 
@@ -212,15 +223,22 @@ class RunningServer:
                 os.unlink(entry.path)
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        _signal_group(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _signal_group(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(STOP_TIMEOUT)
-        _signal_group(self._proc.pid, signal.SIGKILL)          # workers left behind, if any
+        if self._proc is not None:
+            stop_group(self._proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process started in its own session, SIGKILL it if it lingers, then whatever it left
+    behind in its group (tusfast's --workers, a helper's children)."""
+    if proc.poll() is not None:
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(STOP_TIMEOUT)
+    _signal_group(proc.pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
