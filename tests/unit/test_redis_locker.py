@@ -332,3 +332,32 @@ def test_embedded_server_checks_redis_at_start_and_closes_its_connections_at_sto
     while len(client.client_list()) != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(client.client_list()) == before
+
+
+def test_release_ends_a_renewal_whose_redis_call_swallowed_the_cancellation(redis_url: str,
+                                                                            redis_prefix: str) -> None:
+    """redis-py can swallow a cancellation that arrives mid-command (the call just returns). The
+    renewal task must still stop on release; before the fix it renewed on and held the lock forever."""
+    async def scenario() -> None:
+        a, b = await both(redis_url, redis_prefix, lease=0.6)
+        renewing = asyncio.Event()
+        renew = a._renew
+
+        async def swallowing_renew(upload_id: str, token: str) -> bool:
+            renewing.set()
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                pass                    # what redis-py sometimes does
+            return await renew(upload_id, token)
+
+        a._renew = swallowing_renew  # type: ignore[method-assign]
+        held = await a.acquire(UPLOAD, lambda: None)
+        await asyncio.wait_for(renewing.wait(), WAIT)
+        await asyncio.wait_for(held.release(), WAIT)
+        taken = await asyncio.wait_for(b.acquire(UPLOAD, lambda: None), WAIT)
+        await asyncio.sleep(0.6)        # a renewal still running would now find b's token: no harm, but
+        assert await taken.held()       # the lock must stay b's
+        await taken.release()
+        await close(a, b)
+    run(scenario())
