@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,16 +22,7 @@ class GroupServer(ServerProcess):
     """A ServerProcess that leads its own process group: `kill_group()` is kill -9 of the supervisor
     and every worker in one go, as an OOM killer or a container stop would do it."""
 
-    def start(self, port: int | None = None) -> "GroupServer":
-        port = self.port if port is None else port
-        cmd = [sys.executable, "-m", "tusfast", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--upload-dir", str(self.upload_dir), *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self._proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      text=True, env=env, start_new_session=True)
-        self.url = self._wait_for_url(self._proc)
-        self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-        return self
+    own_group = True
 
     def group_members(self) -> set[int]:
         return {pid for pid in _live_pids() if _pgid(pid) == self.pid}

@@ -23,6 +23,8 @@ class ServerProcess:
     tells us the port. Stderr is kept so a failing test can show the server's log.
     """
 
+    own_group = False   # lead a process group of its own (so its --workers can be killed with it)
+
     def __init__(self, upload_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.upload_dir = upload_dir
         self.args = list(args)
@@ -47,7 +49,7 @@ class ServerProcess:
                "--port", str(port), "--upload-dir", str(self.upload_dir), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      text=True, env=env)
+                                      text=True, env=env, start_new_session=self.own_group)
         self.url = self._wait_for_url(self._proc)
         self.port = int(re.sub(r".*:(\d+)/.*", r"\1", self.url))
         return self

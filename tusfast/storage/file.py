@@ -266,13 +266,9 @@ class FileStorage:
 
     def _create(self, info: UploadInfo) -> UploadInfo:
         subdir, name = self._location(info)
-        self._check_directory()     # never recreate it: an unmounted volume must not fill the root disk
-        folder = self.directory / subdir
-        folder.mkdir(parents=True, exist_ok=True)
-        data_path = folder / name
-        info = replace(info, storage={"Type": "filestore", "Path": str(data_path),
-                                      "InfoPath": str(data_path) + ".info"})
-        os.close(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        info = self._new_data_file(info, subdir, name)
+        data_path = info.storage["Path"]
+        info = replace(info, storage={**info.storage, "InfoPath": data_path + ".info"})
         made: list[str | Path] = [data_path]
         try:
             self._write_info(info)
@@ -452,7 +448,7 @@ class FileStorage:
         return info
 
     def _new_data_file(self, info: UploadInfo, subdir: str, name: str) -> UploadInfo:
-        self._check_directory()
+        self._check_directory()     # never recreate it: an unmounted volume must not fill the root disk
         folder = self.directory / subdir
         folder.mkdir(parents=True, exist_ok=True)
         data_path = folder / name
