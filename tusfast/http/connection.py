@@ -24,6 +24,7 @@ log = logging.getLogger("tusfast.http")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _QUOTED_INPUT = re.compile(r":? (?:bytearray\(|b['\"])")
+_BLANK_LINE = re.compile(b"\n\r?\n")      # h11's end of a head
 RETRY_AFTER = 5     # seconds, on a 503 for too many connections: long enough for others to finish
 
 
@@ -38,6 +39,17 @@ def _has_obs_fold(head: bytes) -> bool:
     front of us may read it as a line of its own: two views of one head is how smuggling starts, so
     refuse it (400), as the RFC allows. A line feed followed by blank space occurs nowhere else in a head."""
     return b"\n " in head or b"\n\t" in head
+
+
+def _head_length(tail: bytes, data: bytes) -> int:
+    """How many bytes of data complete a request head that so far ends with `tail` (its last two
+    bytes), or -1 if the head goes on past data. The head ends at its first blank line, as in h11."""
+    if tail:
+        across = _BLANK_LINE.search(tail + data[:2])
+        if across is not None and across.end() > len(tail):
+            return across.end() - len(tail)
+    match = _BLANK_LINE.search(data)
+    return -1 if match is None else match.end()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -139,31 +151,32 @@ class HttpConnection(asyncio.Protocol):
     def _receive_head(self, data: bytes) -> None:
         if self._head_started is None:
             self._head_started = self._loop.time()
-        self._head_bytes += len(data)
+        # Only the head goes into h11: it would copy the body bytes behind it twice.
+        end = _head_length(self._head_tail, data)
+        head, rest = (data, b"") if end < 0 else (data[:end], memoryview(data)[end:])
+        self._head_bytes += len(head)
         try:
-            self._parser.receive_data(data)
+            self._parser.receive_data(head)
             event = self._parser.next_event()
         except h11.RemoteProtocolError as exc:
             self._reject(exc.error_status_hint, _protocol_error_reason(exc))
             return
-        head = data
-        if isinstance(event, h11.Request):      # the rest of `data` is body or the next request
-            head = data[:max(0, len(data) - len(self._parser.trailing_data[0]))]
         if _has_obs_fold(self._head_tail + head):
             self._reject(400, "obsolete line folding in the request head is not accepted")
             return
-        self._head_tail = head[-1:]
-        if isinstance(event, h11.Request):
-            self._start(event)
+        self._head_tail = head[-2:]
+        if isinstance(event, h11.Request):      # the rest of `data` is body or the next request
+            self._start(event, rest)
         elif event is not h11.NEED_DATA:
             self._reject(400, "unexpected data")
 
-    def _start(self, event: h11.Request) -> None:
+    def _start(self, event: h11.Request, rest: bytes | memoryview) -> None:
         assert self._flow is not None
         self._head_started = None
         self._head_tail = b""
-        leftover, _ = self._parser.trailing_data
-        head_size, self._head_bytes = self._head_bytes - len(leftover), 0
+        trailing, _ = self._parser.trailing_data     # empty: h11 got the head alone
+        leftover = trailing + rest if trailing else rest
+        head_size, self._head_bytes = self._head_bytes - len(trailing), 0
         # h11 bounds only heads still incomplete; one that arrived in a single read is checked here.
         if head_size > self._limits.max_head_size:
             self._reject(431, "request head too large")
