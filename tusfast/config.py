@@ -15,6 +15,7 @@ _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 FSYNC_MODES = ("complete", "every-patch", "never")
+DIRECT_IO_MODES = ("auto", "off")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -72,6 +73,7 @@ class Config:
     expire_after: float | None = 7 * 86400.0
     disable_download: bool = False
     fsync: str = "complete"     # when data must be on disk before the response (see FSYNC_MODES)
+    direct_io: str = "auto"     # large bodies with O_DIRECT where the upload directory takes it, or off
     idle_timeout: float = 75.0
     read_timeout: float = 60.0
     head_timeout: float = 30.0
@@ -129,6 +131,8 @@ class Config:
             raise ValueError("expire after must be a positive duration (or None for no expiry)")
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}")
+        if self.direct_io not in DIRECT_IO_MODES:
+            raise ValueError(f"direct_io must be one of {', '.join(DIRECT_IO_MODES)}")
         if self.log_format not in ("text", "json"):
             raise ValueError("log format must be text or json")
         if self.log_level.lower() not in LOG_LEVELS:

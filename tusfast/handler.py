@@ -55,7 +55,8 @@ from .http.body import (
 )
 from .http.messages import FileBody, HttpRequest, HttpResponse, StreamBody
 from .locking import Lock, Locker, LockTimeout, LockUnavailable
-from .nativeio import SpliceError
+from .http.splice import Reporting
+from .nativeio import DIRECT_IO_ALIGNMENT, SpliceError
 from .observability.logs import AccessLog, NullAccessLog
 from .observability.metrics import NULL_METRICS, Metrics
 from .observability.sentry import ErrorReporter, NullReporter, request_context
@@ -444,10 +445,10 @@ class TusHandler:
         end = None if plan.limit is None else progress.offset + plan.limit
         # A known body size was checked against the limit up front, so taking it all is safe.
         if isinstance(writer, DirectWriter) and body.size is not None and body.can_splice():
-            if checksum is None:
+            if checksum is None and not writer.direct_io:
                 await self._splice(writer, writer, progress, body)
             else:
-                await self._read_hashed(writer, writer, progress, body, checksum)
+                await self._read_through(writer, writer, progress, body, checksum)
         while True:
             try:
                 chunks = await body.read()
@@ -464,22 +465,17 @@ class TusHandler:
 
     async def _splice(self, writer: UploadWriter, target: DirectWriter, progress: "_Progress",
                       body: RequestBody) -> None:
-        """The hot path: the rest of the body goes from the socket to the file inside the kernel."""
+        """The rest of the body goes from the socket to the file inside the kernel (page cache)."""
         await self._write(writer, progress, body.begin_splice(), None)
         fd, stored = target.splice_target()
         start = progress.offset
-
-        async def advanced(moved: int) -> None:     # after each step: post-receive, if due
-            progress.offset = progress.kept = start + moved
-            await progress.tick()
-
         try:
-            progress.offset = start + await body.splice_into(fd, start, stored, advanced)
+            progress.offset = start + await body.splice_into(fd, start, stored, progress.reporting(start))
         except BodyError as error:
             progress.offset = progress.start + body.received
             raise TusError(BODY_ERRORS[type(error)], headers=progress.header(progress.offset)) from None
         except SpliceError as error:
-            # `stored` counts from `start`, the steps that went well included (`advanced` already
+            # `stored` counts from `start`, the steps that went well included (reporting already
             # moved progress.offset past those: adding would count them twice).
             progress.offset = start + error.stored
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -488,25 +484,45 @@ class TusHandler:
         finally:
             progress.kept = progress.offset
 
-    async def _read_hashed(self, writer: UploadWriter, direct: DirectWriter, progress: "_Progress",
-                           body: RequestBody, checksum: Checksum) -> None:
-        """Checksummed bodies: a worker thread reads into a reused buffer, hashes it and writes it."""
-        await self._write(writer, progress, body.begin_splice(), checksum)
+    async def _read_through(self, writer: UploadWriter, direct: DirectWriter, progress: "_Progress",
+                            body: RequestBody, checksum: Checksum | None) -> None:
+        """A worker thread reads the rest of the body into a reused aligned buffer, hashes it if
+        asked, and writes it (with O_DIRECT where the writer can). What the transport already
+        read goes first, through the same buffers."""
+        prefix = body.begin_splice()
         start = progress.offset
+        written = 0
 
         def consume(part: memoryview, position: int) -> None:
-            # Write in a second thread while this one hashes: both release the GIL, so a 4 MiB
-            # buffer costs max(hash, write) instead of their sum.
-            writing = _WRITERS.submit(direct.write_now, start + position, part)
-            checksum.update([part])
-            writing.result()
+            nonlocal written
+            try:
+                if checksum is None:
+                    direct.write_aligned(start + position, part)
+                else:
+                    # Write in a second thread while this one hashes: both release the GIL, so a
+                    # buffer costs max(hash, write) instead of their sum.
+                    writing = _WRITERS.submit(direct.write_aligned, start + position, part)
+                    checksum.update([part])
+                    writing.result()
+            except StorageFull as full:
+                written = position + full.stored
+                raise
+            written = position + len(part)
 
+        reporting = progress.reporting(start + sum(len(part) for part in prefix))
+        failed: ErrorKind | None = None
         try:
-            progress.offset += await body.read_into(consume)
+            await body.read_into(consume, reporting, start % DIRECT_IO_ALIGNMENT, prefix)
         except BodyError as error:
-            raise TusError(BODY_ERRORS[type(error)], headers=progress.header()) from None
+            failed = BODY_ERRORS[type(error)]
         except StorageFull:
-            raise TusError(ErrorKind.STORAGE_FULL, headers=progress.header()) from None
+            failed = ErrorKind.STORAGE_FULL
+        finally:
+            progress.offset = start + written
+            if not progress.staged:     # staged bytes count only once the checksum matched
+                progress.kept = progress.offset
+        if failed is not None:
+            raise TusError(failed, headers=progress.header())
 
     async def _write(self, writer: UploadWriter, progress: "_Progress", chunks: list[Buffer],
                      checksum: Checksum | None) -> None:
@@ -617,6 +633,16 @@ class _Progress:
 
     def header(self, offset: int | None = None) -> list[tuple[str, str]]:
         return [("Upload-Offset", str(self.kept if offset is None else offset))]
+
+    def reporting(self, start: int) -> Reporting | None:
+        """For bodies read in worker threads: post-receive while they stream in, if asked for."""
+        if self.report is None or self.staged:
+            return None
+
+        async def advanced(moved: int) -> None:
+            self.offset = self.kept = start + moved
+            await self.tick()
+        return Reporting(advanced, self.interval)
 
 
 def _truncate(chunks: list[Buffer], size: int) -> list[Buffer]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import sys
 import threading
@@ -33,6 +34,8 @@ __all__ = [
     "IMPLEMENTATIONS",
     "NativeIO",
     "PurePythonIO",
+    "DIRECT_IO_ALIGNMENT",
+    "aligned_buffer",
     "copy_range_all",
     "fdatasync",
     "pwrite_all",
@@ -44,6 +47,11 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
+
+#: Offsets, lengths and buffer addresses of O_DIRECT writes are multiples of this: a page, which
+#: covers every common device's logical block size (512 or 4096) and keeps direct writes off the
+#: pages that buffered writes next to them use.
+DIRECT_IO_ALIGNMENT: Final = mmap.PAGESIZE
 
 # write_back is an optimisation: file systems and file types that cannot do it
 # (tmpfs, pipes, old kernels) must not turn it into a failed upload.
@@ -439,3 +447,9 @@ write_back = _active.write_back
 copy_range_all = _active.copy_range_all
 sendfile_some = _active.sendfile_some
 splice_to_file = _active.splice_to_file
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer of size bytes that starts on a DIRECT_IO_ALIGNMENT boundary
+    (an anonymous mapping), for reading bodies that are then written with O_DIRECT."""
+    return memoryview(mmap.mmap(-1, size))

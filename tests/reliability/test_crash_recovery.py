@@ -19,7 +19,8 @@ from .conftest import GroupServer, MiB, StartGroupServer
 
 UPLOADS = 50
 SIZE = 3 * MiB
-# Bodies above and below the splice threshold (256 KiB), so both write paths are cut by the kill.
+# Bodies above and below the splice threshold (256 KiB), so both write paths are cut by the kill
+# (above it: O_DIRECT by default, splice with --direct-io off).
 CHUNKS = (640 * 1024, 100 * 1024, 384 * 1024, 48 * 1024)
 
 
@@ -117,6 +118,11 @@ def test_kill_9_during_50_uploads_then_resume(start_group_server: StartGroupServ
 @pytest.mark.parametrize("fsync", ["never", "every-patch"])
 def test_kill_9_with_fsync_modes(start_group_server: StartGroupServer, fsync: str) -> None:
     run_crash_and_recover(start_group_server("--fsync", fsync), seed=6_3)
+
+
+def test_kill_9_with_bodies_spliced_through_the_page_cache(start_group_server: StartGroupServer) -> None:
+    """--direct-io off: large bodies take the splice path instead of O_DIRECT writes."""
+    run_crash_and_recover(start_group_server("--direct-io", "off"), seed=6_5)
 
 
 def test_kill_9_of_supervisor_and_workers_then_resume(start_group_server: StartGroupServer) -> None:

@@ -122,13 +122,22 @@ def start_with_filler(start_server: StartServer, directory: Path, filler_size: i
     return server, filler
 
 
-WRITE_PATHS = ["splice", "splice-in-steps", "splice-purepython", "small-patches", "checksum", "chunked",
-               "creation-with-upload"]
+# direct: large bodies read into aligned buffers and written with O_DIRECT (tmpfs takes it);
+# splice: the same bodies spliced through the page cache (--direct-io off).
+WRITE_PATHS = ["direct", "direct-in-steps", "splice", "splice-in-steps", "splice-purepython", "small-patches",
+               "checksum", "chunked", "creation-with-upload"]
+
+
+def write_path_env(path: str) -> dict[str, str] | None:
+    env = {"TUSFAST_DIRECT_IO": "off"} if path.startswith("splice") else {}
+    if path.endswith("purepython"):
+        env["TUSFAST_PUREPYTHON"] = "1"
+    return env or None
 
 
 @pytest.mark.parametrize("path", WRITE_PATHS)
 def test_disk_full_gets_507_then_resumes(start_server: StartServer, small_disk: Path, path: str) -> None:
-    env = {"TUSFAST_PUREPYTHON": "1"} if path.endswith("purepython") else None
+    env = write_path_env(path)
     server, filler = start_with_filler(start_server, small_disk, env=env)
     payload = random.Random(path).randbytes(6 * MiB)        # does not fit in the ~3 MiB left
     url, response = run_out_of_space(server, path, payload)
@@ -178,7 +187,7 @@ def run_out_of_space(server: ServerProcess, path: str, payload: bytes) -> tuple[
     extra = [sha1_header(payload)] if path == "checksum" else []
     return url, send(server, "PATCH", path_of(url),
                      patch_headers(0, ("Content-Length", str(len(payload))), *extra), payload,
-                     pause_after=MiB if path == "splice-in-steps" else 0)
+                     pause_after=MiB if path.endswith("-in-steps") else 0)
 
 
 def test_creation_without_room_for_the_info_file_gets_507(start_server: StartServer, small_disk: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Awaitable, Callable, Protocol, Union
+from typing import Awaitable, Callable, Protocol, Sequence, Union
 
 from . import splice
 from .flow import FlowControl
@@ -55,7 +55,7 @@ class Decoder(Protocol):
     leftover: bytes
     trailers: list[tuple[str, str]]
 
-    def feed(self, data: bytes) -> list[Buffer]: ...
+    def feed(self, data: bytes | memoryview) -> list[Buffer]: ...
 
 
 class ContentLengthDecoder:
@@ -65,7 +65,7 @@ class ContentLengthDecoder:
         self.leftover = b""
         self.trailers: list[tuple[str, str]] = []
 
-    def feed(self, data: bytes) -> list[Buffer]:
+    def feed(self, data: bytes | memoryview) -> list[Buffer]:
         if len(data) < self._remaining:
             self._remaining -= len(data)
             return [data]
@@ -97,7 +97,7 @@ class ChunkedDecoder:
         self.leftover = b""
         self.trailers: list[tuple[str, str]] = []
 
-    def feed(self, data: bytes) -> list[Buffer]:
+    def feed(self, data: bytes | memoryview) -> list[Buffer]:
         view, pos = memoryview(data), 0
         parts: list[Buffer] = []
         try:
@@ -206,7 +206,7 @@ class RequestBody:
 
     # -- producer side (the connection) --
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes:
         """Take bytes from the socket; returns what lies beyond the body's end (the next request)."""
         if self._error is not None:     # aborted: the rest is read only to be dropped
             self._decoder.feed(data)    # MalformedBody goes to the connection, which closes
@@ -276,21 +276,24 @@ class RequestBody:
         return chunks
 
     async def splice_into(self, fd: int, offset: int, stored: splice.Stored,
-                          progress: splice.Progress | None = None) -> int:
+                          reporting: splice.Reporting | None = None) -> int:
         """Move the rest of the body into fd at offset; returns the bytes moved. Raises BodyError
         (after accounting for every byte stored) if the body does not arrive in full."""
         assert self._splice_from is not None
         sock = self._splice_from
         return await self._take_rest(lambda count, cancelled: splice.splice_body(
-            sock, fd, offset, count, stored, self._timeout, cancelled, progress))
+            sock, fd, offset, count, stored, self._timeout, cancelled, reporting))
 
-    async def read_into(self, consume: splice.Consume) -> int:
+    async def read_into(self, consume: splice.Consume, reporting: splice.Reporting | None = None,
+                        phase: int = 0, prefix: Sequence[Buffer] = ()) -> int:
         """Like splice_into, but every part passes through `consume(part, position)` in a worker
-        thread, from a reused buffer: for bodies that must be hashed on their way to storage."""
+        thread, from a reused page-aligned buffer: for bodies that are hashed on their way to
+        storage, or written with O_DIRECT (see splice.read_body for `phase` and `prefix`).
+        Returns the bytes taken from the socket, prefix not included."""
         assert self._splice_from is not None
         sock = self._splice_from
         return await self._take_rest(lambda count, cancelled: splice.read_body(
-            sock, count, consume, self._timeout, cancelled))
+            sock, count, consume, self._timeout, cancelled, reporting, phase, prefix))
 
     async def _take_rest(self, transfer: Callable[[int, "asyncio.Future[None]"], Awaitable[int]]) -> int:
         decoder = self._decoder

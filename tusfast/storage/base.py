@@ -56,13 +56,22 @@ class UploadWriter(Protocol):
 @runtime_checkable
 class DirectWriter(Protocol):
     """A writer that worker threads may feed directly: splice into its file descriptor, or write
-    a buffer synchronously. The body never has to come back to the event loop."""
+    a buffer synchronously (with O_DIRECT where it can). The body never comes back to the event loop."""
 
     def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
         """(fd, stored): `stored(offset, count)` is called after bytes land in fd by other means."""
 
     def write_now(self, offset: int, data: Buffer) -> None:
         """Blocking write, from a worker thread. Raises StorageError subclasses or OSError."""
+
+    @property
+    def direct_io(self) -> bool:
+        """True when write_aligned bypasses the page cache (O_DIRECT): then reading a body into
+        aligned buffers costs less than splicing it."""
+
+    def write_aligned(self, offset: int, data: memoryview) -> None:
+        """write_now for a buffer whose address is congruent to offset modulo
+        nativeio.DIRECT_IO_ALIGNMENT, as the body reader's buffers are."""
 
 
 class Storage(Protocol):

@@ -42,6 +42,7 @@ EXPIRED_DIR = ".expired"
 READ_CHUNK = 1024 * 1024
 WRITE_BACK_WINDOW = 8 * 1024 * 1024     # bounded dirty data: durable ingest at disk speed
 INLINE_WRITE = 64 * 1024                # smaller writes go to the page cache inline
+ALIGN = nativeio.DIRECT_IO_ALIGNMENT
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _UNAVAILABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EIO}
@@ -56,15 +57,53 @@ def translate(exc: OSError) -> Exception:
     return exc
 
 
+class DirectIO:
+    """Whether an upload directory takes O_DIRECT writes: probed once, switched off for good (with
+    one warning) the first time a file system refuses one."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @classmethod
+    def probe(cls, directory: Path) -> DirectIO:
+        """Write one aligned block with O_DIRECT into a scratch file in directory."""
+        path = directory / f".direct-io-probe-{os.getpid()}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
+        except OSError:
+            return cls(False)
+        try:
+            block = nativeio.aligned_buffer(ALIGN)
+            return cls(os.pwrite(fd, block, 0) == ALIGN)
+        except OSError:
+            return cls(False)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+    def refused(self, exc: OSError) -> None:
+        if self.enabled:
+            self.enabled = False
+            log.warning("the upload directory refused an O_DIRECT write (%s): writing through the "
+                        "page cache from now on", exc)
+
+
 class FileWriter:
     def __init__(self, fd: int, run: Callable[..., Any], staged_marker: str | None = None,
-                 start: int = 0, write_back: bool = True) -> None:
+                 start: int = 0, write_back: bool = True, direct: tuple[DirectIO, str] | None = None) -> None:
         self._fd = fd
         self._run = run
         self._marker = staged_marker    # present while writes are provisional
         self._start = start
         self._write_back = write_back
         self._window = start - start % WRITE_BACK_WINDOW   # first byte not yet handed to write-back
+        self._direct = direct           # (support, data path) when large writes may bypass the page cache
+        self._direct_fd = -1            # opened on first use: small bodies never need it
+
+    @property
+    def direct_io(self) -> bool:
+        """write_aligned bypasses the page cache: reading bodies into aligned buffers beats splicing."""
+        return self._direct is not None and self._direct[0].enabled
 
     async def write(self, offset: int, chunks: Sequence[Buffer]) -> None:
         try:
@@ -87,6 +126,48 @@ class FileWriter:
             self._write_paced([data], offset)
         except OSError as exc:
             raise self._failed(exc, offset) from exc
+
+    def write_aligned(self, offset: int, data: memoryview) -> None:
+        """Blocking, from a worker thread; data's address is congruent to offset modulo ALIGN (as
+        splice.read_body's parts are). With direct I/O the aligned middle goes straight to the
+        disk, and only the ragged edges (under a page each) pass through the page cache."""
+        head = min(len(data), -offset % ALIGN)
+        middle = (len(data) - head) // ALIGN * ALIGN
+        try:
+            direct_fd = self._open_direct() if middle else -1
+            if direct_fd < 0:
+                return self._write_paced([data], offset)
+            if head:
+                nativeio.pwrite_all(self._fd, data[:head], offset)
+            self._write_direct(direct_fd, data[head:head + middle], offset + head)
+            if head + middle < len(data):
+                nativeio.pwrite_all(self._fd, data[head + middle:], offset + head + middle)
+        except OSError as exc:
+            raise self._failed(exc, offset) from exc
+
+    def _open_direct(self) -> int:
+        if self._direct_fd < 0 and self.direct_io:
+            assert self._direct is not None
+            try:
+                self._direct_fd = os.open(self._direct[1], os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct[0].refused(exc)
+        return self._direct_fd if self.direct_io else -1
+
+    def _write_direct(self, direct_fd: int, data: memoryview, offset: int) -> None:
+        try:
+            nativeio.pwrite_all(direct_fd, data, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            assert self._direct is not None
+            self._direct[0].refused(exc)        # nothing was written: write it the other way
+            self._write_paced([data], offset)
+            return
+        end = offset + len(data)                # the page cache holds none of it: nothing to write back
+        self._window = max(self._window, end - end % WRITE_BACK_WINDOW)
 
     def _failed(self, exc: OSError, offset: int) -> Exception:
         """A write that ran out of space may have stored a part first: StorageFull says how much,
@@ -124,6 +205,8 @@ class FileWriter:
             raise translate(exc) from exc
         finally:
             os.close(self._fd)
+            if self._direct_fd >= 0:
+                os.close(self._direct_fd)
 
 
 def _roll_back(fd: int, offset: int, marker: str) -> None:
@@ -134,8 +217,11 @@ def _roll_back(fd: int, offset: int, marker: str) -> None:
 class FileStorage:
     def __init__(self, directory: str | os.PathLike[str], dir_layout: str | None = None,
                  executor: ThreadPoolExecutor | None = None, flat_links: bool = False,
-                 info_store: InfoStore | None = None) -> None:
+                 info_store: InfoStore | None = None, direct_io: bool = True) -> None:
         self.directory = Path(directory).absolute()
+        # Large bodies are written with O_DIRECT if the directory takes it (probed in prepare()).
+        self.direct_io = DirectIO(False)
+        self._want_direct_io = direct_io
         # None: info in <id>.info files, offset = file size. Else info and recorded offsets live
         # there (storage/info.py), with paths relative to the directory (hosts may mount it anywhere).
         self.infos = info_store
@@ -147,6 +233,8 @@ class FileStorage:
     def prepare(self) -> None:
         """Create the upload directory; called once at start-up, so a bad path fails loudly then."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._want_direct_io:
+            self.direct_io = DirectIO.probe(self.directory)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # Disk calls run off the event loop: one slow disk must not stall every connection.
@@ -180,19 +268,21 @@ class FileStorage:
         return self._inline(self._get_info, upload_id)
 
     async def open_writer(self, info: UploadInfo, staged: bool = False) -> FileWriter | FencedWriter:
-        fd = self._inline(os.open, self._data_path(info), os.O_WRONLY | os.O_CLOEXEC)
+        path = self._data_path(info)
+        fd = self._inline(os.open, path, os.O_WRONLY | os.O_CLOEXEC)
         if self.infos is not None:  # no marker: staged bytes count only once recorded
             return FencedWriter(FileWriter(fd, self._run, start=info.offset), self.infos, info, staged=staged,
                                 periodic=True)
+        direct = (self.direct_io, path) if self.direct_io.enabled else None
         if not staged:
-            return FileWriter(fd, self._run, start=info.offset)
-        marker = self._data_path(info) + STAGED_SUFFIX
+            return FileWriter(fd, self._run, start=info.offset, direct=direct)
+        marker = path + STAGED_SUFFIX
         try:
             self._inline(_write_marker, marker, info.offset)
         except BaseException:
             os.close(fd)
             raise
-        return FileWriter(fd, self._run, marker, info.offset)
+        return FileWriter(fd, self._run, marker, info.offset, direct=direct)
 
     async def declare_length(self, info: UploadInfo, length: int) -> UploadInfo:
         updated = info.with_length(length)
@@ -526,12 +616,15 @@ def _recover_staged(data_path: str) -> None:
     """A staged write that never committed (the process died): cut the data back."""
     marker = data_path + STAGED_SUFFIX
     try:
-        with open(marker) as stream:
-            offset = int(stream.read().strip() or "0")
+        fd = os.open(marker, os.O_RDONLY | os.O_CLOEXEC)   # cheaper than open() on every look-up
     except FileNotFoundError:
         return
+    try:
+        offset = int(os.read(fd, 64).strip() or b"0")
     except ValueError:
         offset = 0
+    finally:
+        os.close(fd)
     if os.stat(data_path).st_size > offset:
         os.truncate(data_path, offset)
     os.unlink(marker)

@@ -1,0 +1,128 @@
+"""FileWriter.write_aligned: O_DIRECT for the aligned middle of a buffer, the page cache for its
+ragged edges, and the same bytes on disk whichever way they went."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+from typing import Awaitable, TypeVar
+
+import pytest
+
+from tusfast import nativeio
+from tusfast.core.model import UploadInfo
+from tusfast.storage import DirectWriter, FileStorage
+from tusfast.storage.file import DirectIO, FileWriter
+
+T = TypeVar("T")
+ID = "0123456789abcdef0123456789abcdef"
+ALIGN = nativeio.DIRECT_IO_ALIGNMENT
+MiB = 1024 * 1024
+
+
+def run(coroutine: Awaitable[T]) -> T:
+    async def wrapped() -> T:
+        return await coroutine
+    return asyncio.run(wrapped())
+
+
+def aligned_copy(data: bytes, offset: int) -> memoryview:
+    """data in a page-aligned buffer, placed so that its address is congruent to offset (the
+    contract of write_aligned, which the body reader keeps)."""
+    skew = offset % ALIGN
+    buffer = nativeio.aligned_buffer(skew + len(data) + ALIGN)
+    buffer[skew:skew + len(data)] = data
+    return buffer[skew:skew + len(data)]
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "page-cache"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> FileStorage:
+    store = FileStorage(tmp_path, direct_io=request.param)
+    store.prepare()
+    return store
+
+
+def open_writer(storage: FileStorage, offset: int = 0) -> FileWriter:
+    info = run(storage.create(UploadInfo(ID, 64 * MiB)))
+    writer = run(storage.open_writer(info))
+    assert isinstance(writer, FileWriter) and isinstance(writer, DirectWriter)
+    return writer
+
+
+def test_the_probe_decides_and_off_means_off(storage: FileStorage) -> None:
+    writer = open_writer(storage)
+    assert writer.direct_io == storage.direct_io.enabled
+    if not storage._want_direct_io:
+        assert writer.direct_io is False
+
+
+@pytest.mark.parametrize("offset,length", [
+    (0, ALIGN), (0, 3 * MiB), (0, 100), (1, ALIGN - 1), (1, ALIGN), (100, 3 * ALIGN + 7),
+    (ALIGN - 1, 2), (ALIGN, MiB + 1), (5 * ALIGN + 33, 2 * MiB - 33), (7, 0),
+])
+def test_every_byte_lands_where_it_belongs(storage: FileStorage, offset: int, length: int) -> None:
+    rng = random.Random(f"{offset}/{length}")
+    before = rng.randbytes(offset)
+    data = rng.randbytes(length)
+    writer = open_writer(storage)
+    run(writer.write(0, [before]))          # through the page cache, as a transport's bytes go
+    writer.write_aligned(offset, aligned_copy(data, offset))
+    run(writer.close(durable=True))
+    assert (storage.directory / ID).read_bytes() == before + data
+
+
+def test_a_body_in_parts_as_the_reader_hands_them_out(storage: FileStorage) -> None:
+    """Unaligned start, full aligned buffers, a short last part: as splice.read_body produces."""
+    rng = random.Random(7)
+    start, size, part = 12_345, 5 * MiB + 77, 2 * MiB
+    data = rng.randbytes(size)
+    writer = open_writer(storage)
+    run(writer.write(0, [bytes(start)]))
+    position, first = 0, part - start % ALIGN
+    while position < size:
+        count = min(first if position == 0 else part, size - position)
+        writer.write_aligned(start + position, aligned_copy(data[position:position + count], start + position))
+        position += count
+    assert os.fstat(writer._fd).st_size == start + size     # the offset is the file's size, at once
+    run(writer.close(durable=True))
+    assert (storage.directory / ID).read_bytes() == bytes(start) + data
+
+
+def test_a_refused_direct_write_is_written_through_the_page_cache(storage: FileStorage) -> None:
+    """A buffer that breaks the alignment contract: where the file system insists on alignment the
+    kernel refuses the O_DIRECT write (EINVAL); the bytes are still written, and direct I/O is
+    off from then on. Elsewhere (tmpfs) the write simply succeeds."""
+    data = random.Random(3).randbytes(3 * ALIGN)
+    buffer = nativeio.aligned_buffer(5 * ALIGN)
+    buffer[1:1 + len(data)] = data          # address 1 past a page, file offset on a page
+    writer = open_writer(storage)
+    writer.write_aligned(0, buffer[1:1 + len(data)])
+    run(writer.close(durable=True))
+    assert (storage.directory / ID).read_bytes() == data
+    if storage.direct_io.enabled:
+        assert writer.direct_io
+
+
+def test_a_staged_write_rolls_back_direct_bytes_too(storage: FileStorage) -> None:
+    info = run(storage.create(UploadInfo(ID, 64 * MiB)))
+    writer = run(storage.open_writer(info, staged=True))
+    assert isinstance(writer, FileWriter)
+    writer.write_aligned(0, aligned_copy(b"x" * MiB, 0))
+    run(writer.close(durable=False))        # never committed: the checksum did not match
+    assert (storage.directory / ID).stat().st_size == 0
+
+
+def test_direct_io_state_is_shared_and_switches_off_once(caplog: pytest.LogCaptureFixture) -> None:
+    state = DirectIO(True)
+    state.refused(OSError(22, "Invalid argument"))
+    state.refused(OSError(22, "Invalid argument"))
+    assert state.enabled is False
+    assert len([r for r in caplog.records if "O_DIRECT" in r.getMessage()]) == 1
+
+
+def test_the_probe_leaves_nothing_behind(tmp_path: Path) -> None:
+    DirectIO.probe(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert DirectIO.probe(tmp_path / "missing").enabled is False

@@ -1,0 +1,219 @@
+"""tusfast.http.splice: bodies taken straight from a real TCP socket by worker threads, which wait
+for the socket themselves; an abort, a timeout, an early end or a cancelled task all stop them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tusfast.http import splice
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client, server side) of a loopback TCP connection; the server side is non-blocking, as a
+    transport's socket is."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    server.setblocking(False)
+    yield client, server
+    client.close()
+    server.close()
+
+
+def send_later(sock: socket.socket, data: bytes, pause: float = 0.0, close: bool = False) -> threading.Thread:
+    def send() -> None:
+        time.sleep(pause)
+        sock.sendall(data)
+        if close:
+            sock.shutdown(socket.SHUT_WR)
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+class Parts:
+    def __init__(self, phase: int = 0) -> None:
+        self.phase = phase
+        self.data = bytearray()
+        self.misaligned = 0
+
+    def consume(self, part: memoryview, position: int) -> None:
+        assert position == len(self.data), "parts come in order, back to back"
+        address = _address(part)
+        if address % splice.ALIGN != (self.phase + position) % splice.ALIGN:
+            self.misaligned += 1
+        self.data += part
+
+
+def _address(view: memoryview) -> int:
+    import ctypes
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def test_read_body_hands_out_aligned_parts_prefix_first(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    rng = random.Random(1)
+    prefix = [rng.randbytes(1000), rng.randbytes(70_000)]
+    rest = rng.randbytes(5 * MiB + 3)
+    parts = Parts(phase=777)
+    sender = send_later(client, rest, pause=0.05)
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), len(rest), parts.consume, 5, cancelled,
+                                      phase=777, prefix=prefix)
+    moved = asyncio.run(read())
+    sender.join()
+    assert moved == len(rest)                   # the prefix is not the socket's
+    assert bytes(parts.data) == b"".join(prefix) + rest
+    assert parts.misaligned == 0
+
+
+def test_splice_body_stores_the_body_at_its_offset(pair: tuple[socket.socket, socket.socket],
+                                                   tmp_path: Path) -> None:
+    client, server = pair
+    rest = random.Random(2).randbytes(3 * MiB)
+    path = tmp_path / "data"
+    path.write_bytes(b"head")
+    fd = os.open(path, os.O_WRONLY)
+    stored: list[tuple[int, int]] = []
+    sender = send_later(client, rest, pause=0.05)
+
+    async def move() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.splice_body(server.fileno(), fd, 4, len(rest), lambda o, n: stored.append((o, n)),
+                                        5, cancelled)
+    try:
+        assert asyncio.run(move()) == len(rest)
+    finally:
+        os.close(fd)
+    sender.join()
+    assert path.read_bytes() == b"head" + rest
+    assert sum(n for _, n in stored) == len(rest) and stored[0][0] == 4
+
+
+@pytest.mark.parametrize("way", ["read", "splice"])
+def test_an_abort_wakes_a_waiting_step_at_once(pair: tuple[socket.socket, socket.socket], tmp_path: Path,
+                                               way: str) -> None:
+    client, server = pair
+    client.sendall(b"x" * 1000)                 # then nothing more: the step waits in poll
+    parts = Parts()
+    fd = os.open(tmp_path / "data", os.O_WRONLY | os.O_CREAT)
+
+    async def transfer() -> tuple[splice.SpliceEnded, float]:
+        loop = asyncio.get_running_loop()
+        cancelled = loop.create_future()
+        loop.call_later(0.3, cancelled.set_result, None)
+        started = time.monotonic()
+        with pytest.raises(splice.SpliceEnded) as ended:
+            if way == "read":
+                await splice.read_body(server.fileno(), MiB, parts.consume, 30, cancelled)
+            else:
+                await splice.splice_body(server.fileno(), fd, 0, MiB, lambda o, n: None, 30, cancelled)
+        return ended.value, time.monotonic() - started
+    try:
+        ended, took = asyncio.run(transfer())
+    finally:
+        os.close(fd)
+    assert ended.reason == "aborted" and ended.moved == 1000
+    assert took < 10                            # woken by the eventfd, not by the 30 s timeout
+    if way == "read":
+        assert bytes(parts.data) == b"x" * 1000   # what arrived is handed out before stopping
+
+
+def test_a_silent_client_times_out(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+
+    async def read() -> None:
+        cancelled = asyncio.get_running_loop().create_future()
+        await splice.read_body(server.fileno(), MiB, Parts().consume, 0.2, cancelled)
+    with pytest.raises(splice.SpliceEnded) as ended:
+        asyncio.run(read())
+    assert ended.value.reason == "timeout" and ended.value.moved == 0
+
+
+def test_an_early_end_says_how_much_came(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    sender = send_later(client, b"y" * 300_000, close=True)
+    parts = Parts()
+
+    async def read() -> None:
+        cancelled = asyncio.get_running_loop().create_future()
+        await splice.read_body(server.fileno(), MiB, parts.consume, 5, cancelled)
+    with pytest.raises(splice.SpliceEnded) as ended:
+        asyncio.run(read())
+    sender.join()
+    assert ended.value.reason == "eof" and ended.value.moved == 300_000 == len(parts.data)
+
+
+def test_a_cancelled_task_stops_its_step_before_it_ends(pair: tuple[socket.socket, socket.socket]) -> None:
+    """The step uses the socket and the file: cancelling the task must not leave it running."""
+    client, server = pair
+    finished: list[float] = []
+
+    def consume(part: memoryview, position: int) -> None:
+        pass
+
+    async def read() -> None:
+        cancelled = asyncio.get_running_loop().create_future()
+        try:
+            await splice.read_body(server.fileno(), MiB, consume, 30, cancelled)
+        finally:
+            finished.append(time.monotonic())
+
+    async def main() -> None:
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    started = time.monotonic()
+    asyncio.run(main())
+    assert finished and finished[0] - started < 10
+    assert not [t for t in threading.enumerate() if t.name.startswith("tusfast-splice") and _busy(t)]
+
+
+def _busy(thread: threading.Thread) -> bool:
+    """A pool thread that is not parked waiting for work (best effort: it has no other state)."""
+    frame = __import__("sys")._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name in ("_read_step", "_splice_step"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_progress_is_reported_between_steps(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    chunk = b"z" * (256 * 1024)
+    reports: list[int] = []
+
+    def send() -> None:
+        for _ in range(8):
+            client.sendall(chunk)
+            time.sleep(0.05)
+    sender = threading.Thread(target=send)
+    sender.start()
+
+    async def read() -> int:
+        async def progress(moved: int) -> None:
+            reports.append(moved)
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), 8 * len(chunk), Parts().consume, 5, cancelled,
+                                      splice.Reporting(progress, 0.05))
+    assert asyncio.run(read()) == 8 * len(chunk)
+    sender.join()
+    assert len(reports) >= 2 and reports == sorted(reports) and reports[-1] == 8 * len(chunk)
