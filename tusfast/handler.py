@@ -509,7 +509,7 @@ class TusHandler:
                 raise
             written = position + len(part)
 
-        reporting = progress.reporting(start + sum(len(part) for part in prefix))
+        reporting = progress.reporting(start)      # the reader reports what it consumed, prefix included
         failed: ErrorKind | None = None
         try:
             await body.read_into(consume, reporting, start % DIRECT_IO_ALIGNMENT, prefix)

@@ -197,9 +197,11 @@ def _busy(thread: threading.Thread) -> bool:
 
 
 def test_progress_is_reported_between_steps(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Reports come while the body streams in, and count only bytes already consumed (stored)."""
     client, server = pair
-    chunk = b"z" * (256 * 1024)
+    chunk = b"z" * MiB
     reports: list[int] = []
+    parts = Parts()
 
     def send() -> None:
         for _ in range(8):
@@ -209,11 +211,36 @@ def test_progress_is_reported_between_steps(pair: tuple[socket.socket, socket.so
     sender.start()
 
     async def read() -> int:
-        async def progress(moved: int) -> None:
-            reports.append(moved)
+        async def progress(stored: int) -> None:
+            assert stored <= len(parts.data)
+            reports.append(stored)
         cancelled = asyncio.get_running_loop().create_future()
-        return await splice.read_body(server.fileno(), 8 * len(chunk), Parts().consume, 5, cancelled,
+        return await splice.read_body(server.fileno(), 8 * len(chunk), parts.consume, 5, cancelled,
                                       splice.Reporting(progress, 0.05))
     assert asyncio.run(read()) == 8 * len(chunk)
     sender.join()
-    assert len(reports) >= 2 and reports == sorted(reports) and reports[-1] == 8 * len(chunk)
+    assert reports == sorted(reports) and reports[-1] == 8 * len(chunk)
+    assert [r for r in reports if 0 < r < 8 * len(chunk)], reports
+
+
+def test_a_paused_client_hands_its_thread_back(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A client that pauses is waited for on the event loop: its worker thread is free meanwhile."""
+    client, server = pair
+    busy: list[bool] = []
+
+    def send() -> None:
+        client.sendall(b"a" * 1000)
+        time.sleep(0.5)
+        busy.extend(_busy(t) for t in threading.enumerate() if t.name.startswith("tusfast-splice"))
+        client.sendall(b"b" * 1000)
+    sender = threading.Thread(target=send)
+    sender.start()
+    parts = Parts()
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), 2000, parts.consume, 5, cancelled)
+    assert asyncio.run(read()) == 2000
+    sender.join()
+    assert bytes(parts.data) == b"a" * 1000 + b"b" * 1000
+    assert busy and not any(busy)

@@ -2,13 +2,14 @@
 one of two ways:
 
 * splice(2): socket -> pipe -> file inside the kernel; the bytes never enter Python.
-* read into a reused page-aligned per-thread buffer, then hand each full buffer to a consumer
-  (hash, and/or write it with O_DIRECT: the buffers keep the alignment direct I/O needs).
+* read into a page-aligned buffer, and hand each full buffer to a consumer (hash, and/or write it
+  with O_DIRECT: the buffers keep the alignment direct I/O needs).
 
 The transport's reading is paused for the whole time, so uvloop never touches the socket while we
-read it. A worker thread moves up to STEP bytes per job and waits for the socket itself (poll), so
-a body costs one hop to a thread per STEP bytes, not one per socket wake-up; an eventfd in the same
-poll wakes it when the request is aborted. Each thread keeps one pipe and one buffer for reuse.
+read it. A worker thread keeps reading while bytes keep coming, waiting for the socket itself
+(poll) for up to GRACE; a client that pauses longer is waited for on the event loop instead, so
+slow clients do not hold threads, and fast ones cost one hop to a thread per STEP_TIME, not one per
+socket wake-up. An eventfd in the same poll wakes a waiting thread when the request is aborted.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ import select
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from .. import nativeio
 from ..nativeio import Buffer
 
-STEP = 64 * 1024 * 1024         # bytes per worker-thread job; progress is reported between jobs
+STEP_TIME = 0.5                 # seconds a worker thread spends on one body before others get a turn
+GRACE = 0.02                    # seconds a worker thread waits for a quiet socket before handing back
+WAIT_BUDGET = 0.05              # seconds of waiting per step: a slow, steady client hands back too
 CALL = 8 * 1024 * 1024          # bytes per splice call: an abort is noticed at least this often
 PIPE_SIZE = 1024 * 1024
-BUFFER_SIZE = 2 * 1024 * 1024   # per-thread read buffer (page-aligned) of the reading path
+BUFFER_SIZE = 2 * 1024 * 1024   # per body, page-aligned, from a pool
 ALIGN = nativeio.DIRECT_IO_ALIGNMENT
 MIN_SPLICE = 256 * 1024         # smaller bodies are cheaper through the ordinary path
+POOLED_BUFFERS = 64             # free buffers kept for reuse; more are let go
 # A client that resets its connection mid-body ends the body as a close does: not a storage
 # failure (503) and not an unhandled error.
 _PEER_GONE = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT})
@@ -39,20 +43,30 @@ _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tusfast-splice")
 _local = threading.local()
+_free_buffers: list[memoryview] = []
+_free_lock = threading.Lock()
 
 Stored = Callable[[int, int], None]     # (offset, count) -> None, called in the worker thread
 Consume = Callable[[memoryview, int], None]     # (bytes, their position in the body), in the worker thread
-Step = Callable[[int, int], int]        # (bytes done, most to move now) -> moved; raises SpliceEnded
-Progress = Callable[[int], Awaitable[None]]     # (bytes done so far), on the event loop after each step
+Progress = Callable[[int], Awaitable[None]]     # (body bytes stored so far), on the event loop
 
 
 class SpliceEnded(Exception):
-    """The body stopped before `count` bytes: `reason` is 'eof', 'timeout' or 'aborted'."""
+    """The body stopped before `count` bytes: `reason` is 'eof', 'timeout' or 'aborted'. `moved`
+    counts the bytes taken from the socket, all of them stored."""
 
     def __init__(self, moved: int, reason: str) -> None:
         super().__init__(reason)
         self.moved = moved
         self.reason = reason
+
+
+class Reporting:
+    """Where the bytes stored so far go while a body streams in, and how often (seconds)."""
+
+    def __init__(self, progress: Progress, interval: float) -> None:
+        self.progress = progress
+        self.interval = interval
 
 
 class _Socket:
@@ -63,24 +77,35 @@ class _Socket:
         self.fd = os.dup(sock_fd)
         self.wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.aborted = False
-        self.return_at = float("inf")   # a step ends early at this time.monotonic(), to report progress
+        self.quiet = False              # the last step ended because the client paused
+        self.waited = 0.0               # seconds the current step spent waiting for the socket
+        self.return_at = float("inf")   # when the current step should end (fairness, progress)
         self.active_at = time.monotonic()   # when bytes last came: the idle timeout counts from here
-        self._timeout = timeout
+        self.timeout = timeout
         self._poll = select.poll()
         self._poll.register(self.fd, _READABLE)
         self._poll.register(self.wake, select.POLLIN)
 
     def wait(self) -> str | None:
-        """Block until the socket is readable: None; else 'due' (the step should end now, so that
-        progress gets reported), 'timeout' (idle for too long) or 'aborted'."""
-        idle_at = self.active_at + self._timeout
-        until = min(idle_at, self.return_at)
-        events = self._poll.poll(max(0.0, until - time.monotonic()) * 1000)
+        """In a worker thread, block until the socket is readable: None; else 'quiet' (nothing
+        within GRACE, or this step has waited WAIT_BUDGET: hand back to the event loop), 'due'
+        (the step's time is up), 'timeout' (idle for too long) or 'aborted'."""
+        now = time.monotonic()
+        idle_at = self.active_at + self.timeout
+        patience = min(GRACE, WAIT_BUDGET - self.waited)
+        events = self._poll.poll(max(0.0, min(idle_at, self.return_at, now + patience) - now) * 1000)
         if self.aborted or any(fd == self.wake for fd, _ in events):
             return "aborted"
+        later = time.monotonic()
+        self.waited += later - now
         if events:
             return None
-        return "timeout" if time.monotonic() >= idle_at else "due"
+        if later >= idle_at:
+            return "timeout"
+        if later >= self.return_at:
+            return "due"
+        self.quiet = True
+        return "quiet"
 
     def abort(self) -> None:
         """From the event loop: wake a waiting step and stop the next one."""
@@ -94,72 +119,81 @@ class _Socket:
         self.wake = -1
 
 
-class Reporting:
-    """Where the bytes moved so far go while a body streams in, and how often (seconds)."""
+class _Transfer:
+    """How one body moves: step() in a worker thread until it returns (bytes taken from the
+    socket), flush() to store whatever it holds when the body ends early, stored() for progress."""
 
-    def __init__(self, progress: Progress, interval: float) -> None:
-        self.progress = progress
-        self.interval = interval
+    def step(self, sock: _Socket, most: int) -> int:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def stored(self, moved: int) -> int:
+        return moved
 
 
 async def splice_body(sock_fd: int, file_fd: int, offset: int, count: int, stored: Stored,
                       timeout: float, cancelled: "asyncio.Future[None]", reporting: Reporting | None = None) -> int:
     """Move exactly `count` body bytes into file_fd at offset; raises SpliceEnded if they never come."""
-    sock = _Socket(sock_fd, timeout)
-
-    def step(done: int, most: int) -> int:
-        return _splice_step(sock, file_fd, offset + done, most, stored)
-    return await _drive(sock, count, step, cancelled, reporting)
+    return await _drive(_Socket(sock_fd, timeout), count, _Splicing(file_fd, offset, stored), cancelled, reporting)
 
 
 async def read_body(sock_fd: int, count: int, consume: Consume, timeout: float,
                     cancelled: "asyncio.Future[None]", reporting: Reporting | None = None, phase: int = 0,
                     prefix: Sequence[Buffer] = ()) -> int:
-    """Read exactly `count` body bytes into reused buffers, handing each to `consume`; the bytes
-    of `prefix` (already read by the transport) go first, in the same buffers. Every part starts
-    at an address congruent to (phase + its position) modulo ALIGN, and all but the first and last
-    end on such a boundary: pass the file offset as phase to write parts with O_DIRECT.
-    Returns the bytes read from the socket (prefix not included)."""
-    sock = _Socket(sock_fd, timeout)
+    """Read exactly `count` body bytes into a buffer, handing it to `consume` whenever it is full
+    (and at the end); the bytes of `prefix` (already read by the transport) go first. Every part
+    starts at an address congruent to (phase + its position) modulo ALIGN, and all but the first
+    and last end on such a boundary: pass the file offset as phase to write parts with O_DIRECT.
+    Progress reports count the bytes consumed, prefix included. Returns the bytes read from the
+    socket (prefix not included)."""
     reading = _Reading(consume, phase, prefix)
+    try:
+        return await _drive(_Socket(sock_fd, timeout), count, reading, cancelled, reporting)
+    finally:
+        reading.release()
 
-    def step(done: int, most: int) -> int:
-        return _read_step(sock, reading, most)
-    return await _drive(sock, count, step, cancelled, reporting)
 
-
-async def _drive(sock: _Socket, count: int, step: Step, cancelled: "asyncio.Future[None]",
+async def _drive(sock: _Socket, count: int, transfer: _Transfer, cancelled: "asyncio.Future[None]",
                  reporting: Reporting | None) -> int:
     loop = asyncio.get_running_loop()
     abort = lambda _: sock.abort()      # noqa: E731
     cancelled.add_done_callback(abort)
+    step_time = STEP_TIME if reporting is None else min(STEP_TIME, reporting.interval)
     moved = 0
     try:
         while moved < count:
             if cancelled.done():
+                await _flush(loop, transfer, sock)
                 raise SpliceEnded(moved, "aborted")
-            if reporting is not None:
-                sock.return_at = time.monotonic() + reporting.interval
-            job = loop.run_in_executor(_executor, step, moved, min(STEP, count - moved))
+            sock.return_at, sock.quiet, sock.waited = time.monotonic() + step_time, False, 0.0
             try:
-                n = await _finished(job, sock)
+                moved += await _finished(loop.run_in_executor(_executor, transfer.step, sock, count - moved), sock)
             except SpliceEnded as ended:
                 raise SpliceEnded(moved + ended.moved, ended.reason) from None
             except nativeio.SpliceError as error:
                 error.stored += moved
                 raise
-            moved += n
             if reporting is not None:
-                await reporting.progress(moved)
+                await reporting.progress(transfer.stored(moved))
+            if sock.quiet and moved < count:
+                reason = await _readable(loop, sock, cancelled)
+                if reason is not None:
+                    await _flush(loop, transfer, sock)
+                    raise SpliceEnded(moved, reason)
         return moved
     finally:
         cancelled.remove_done_callback(abort)
         sock.close()
 
 
-async def _finished(job: "asyncio.Future[int]", sock: _Socket) -> int:
+T = TypeVar("T")
+
+
+async def _finished(job: "asyncio.Future[T]", sock: _Socket) -> T:
     """The job's result. If this task is cancelled meanwhile, the step is told to stop and waited
-    for (it still uses the file and the socket), then the cancellation goes on."""
+    for (it still uses the file, the socket and the buffer), then the cancellation goes on."""
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
@@ -174,71 +208,133 @@ async def _finished(job: "asyncio.Future[int]", sock: _Socket) -> int:
         raise
 
 
-def _splice_step(sock: _Socket, file_fd: int, offset: int, count: int, stored: Stored) -> int:
-    pipe_r, pipe_w = _pipe()
-    moved = 0
-    while moved < count and not sock.aborted:
-        try:
-            n = nativeio.splice_to_file(sock.fd, pipe_r, pipe_w, file_fd, offset + moved,
-                                        min(CALL, count - moved))
-        except BlockingIOError:
-            reason = sock.wait()
-            if reason == "due":
-                break
-            if reason is not None:
-                raise SpliceEnded(moved, reason) from None
-            continue
-        except nativeio.SpliceError as error:
-            _discard_pipe()
-            if error.errno in _PEER_GONE:       # from the socket, before this call moved anything
-                raise SpliceEnded(moved, "eof") from None
-            error.stored += moved
-            raise
-        except OSError as error:                # the pure-Python splice raises the socket's own error
-            if error.errno in _PEER_GONE:
+async def _flush(loop: asyncio.AbstractEventLoop, transfer: _Transfer, sock: _Socket) -> None:
+    """The body ended early: store what the transfer holds, in a worker thread."""
+    await _finished(loop.run_in_executor(_executor, transfer.flush), sock)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: _Socket,
+                    cancelled: "asyncio.Future[None]") -> str | None:
+    """Wait on the event loop until the socket is readable: None, or 'timeout' / 'aborted'."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fd, wake)
+    try:
+        idle = max(0.0, sock.active_at + sock.timeout - time.monotonic())
+        done, _ = await asyncio.wait([ready, cancelled], timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(sock.fd)
+        ready.cancel()
+    if cancelled in done:
+        return "aborted"
+    return None if done else "timeout"
+
+
+class _Splicing(_Transfer):
+    def __init__(self, file_fd: int, offset: int, stored: Stored) -> None:
+        self._file = file_fd
+        self._offset = offset
+        self._stored = stored
+        self._moved = 0
+
+    def step(self, sock: _Socket, most: int) -> int:
+        pipe_r, pipe_w = _pipe()
+        moved = 0
+        while moved < most:
+            if sock.aborted:
+                raise SpliceEnded(moved, "aborted")
+            at = self._offset + self._moved
+            try:
+                n = nativeio.splice_to_file(sock.fd, pipe_r, pipe_w, self._file, at, min(CALL, most - moved))
+            except BlockingIOError:
+                reason = sock.wait()
+                if reason in ("quiet", "due"):
+                    break
+                if reason is not None:
+                    raise SpliceEnded(moved, reason) from None
+                continue
+            except nativeio.SpliceError as error:
                 _discard_pipe()
-                raise SpliceEnded(moved, "eof") from None
-            raise
-        if n == 0:
-            raise SpliceEnded(moved, "eof")
-        stored(offset + moved, n)
-        moved += n
-        sock.active_at = time.monotonic()
-        if sock.active_at >= sock.return_at:
-            break
-    if sock.aborted and moved < count:
-        raise SpliceEnded(moved, "aborted")
-    return moved
+                if error.errno in _PEER_GONE:       # from the socket, before this call moved anything
+                    raise SpliceEnded(moved, "eof") from None
+                error.stored += moved
+                raise
+            except OSError as error:                # the pure-Python splice raises the socket's own error
+                if error.errno in _PEER_GONE:
+                    _discard_pipe()
+                    raise SpliceEnded(moved, "eof") from None
+                raise
+            if n == 0:
+                raise SpliceEnded(moved, "eof")
+            self._stored(at, n)
+            self._moved += n
+            moved += n
+            sock.active_at = time.monotonic()
+            if sock.active_at >= sock.return_at:
+                break
+        return moved
 
 
-class _Reading:
-    """A body being read in steps: where the next part goes, and the prefix still to hand out."""
+class _Reading(_Transfer):
+    """A body read in steps into one buffer: the prefix still to hand out, the bytes held."""
 
     def __init__(self, consume: Consume, phase: int, prefix: Sequence[Buffer]) -> None:
-        self.consume = consume
-        self.phase = phase
-        self.position = 0           # of the next part in the body, prefix included
-        self.held = [memoryview(part).cast("B") for part in prefix if len(part)]
+        self._consume = consume
+        self._phase = phase
+        self._position = 0          # of the buffer's first byte in the body, prefix included
+        self._held = [memoryview(part).cast("B") for part in prefix if len(part)]
+        self._buffer: memoryview | None = None
+        self._begin = self._filled = 0      # the buffer's bytes are [begin, filled)
 
+    def stored(self, moved: int) -> int:
+        return self._position
 
-def _read_step(sock: _Socket, reading: _Reading, count: int) -> int:
-    """Fill the thread's buffer (the prefix first, then the socket) and consume it, until count
-    bytes came from the socket; returns that count."""
-    buffer = _buffer()
-    moved = 0
-    while moved < count:
-        begin = (reading.phase + reading.position) % ALIGN
-        copied = _copy_held(reading.held, buffer, begin, len(buffer))
-        filled, reason = _fill(sock, buffer, copied, copied + min(len(buffer) - copied, count - moved))
-        moved += filled - copied
-        if filled > begin:
-            reading.consume(buffer[begin:filled], reading.position)
-            reading.position += filled - begin
-        if reason is not None and reason != "due":
-            raise SpliceEnded(moved, reason)
-        if reason == "due" or time.monotonic() >= sock.return_at:
-            break
-    return moved
+    def step(self, sock: _Socket, most: int) -> int:
+        """Fill the buffer (the prefix first, then the socket), consuming it whenever it is full
+        and once the body is complete; returns the bytes that came from the socket."""
+        buffer = self._take_buffer()
+        moved = 0
+        while moved < most:
+            if self._filled == self._begin == 0:
+                self._begin = self._filled = (self._phase + self._position) % ALIGN
+            self._filled = _copy_held(self._held, buffer, self._filled, len(buffer))
+            before = self._filled
+            self._filled, reason = _fill(sock, buffer, self._filled, self._filled + min(len(buffer) - self._filled,
+                                                                                        most - moved))
+            moved += self._filled - before
+            if self._filled == len(buffer) or moved == most or reason not in (None, "quiet", "due"):
+                self.flush()
+            if reason in ("quiet", "due"):
+                break
+            if reason is not None:
+                raise SpliceEnded(moved, reason)
+        return moved
+
+    def flush(self) -> None:
+        if self._buffer is not None and self._filled > self._begin:
+            self._consume(self._buffer[self._begin:self._filled], self._position)
+            self._position += self._filled - self._begin
+        self._begin = self._filled = 0
+
+    def _take_buffer(self) -> memoryview:
+        if self._buffer is None:
+            with _free_lock:
+                self._buffer = _free_buffers.pop() if _free_buffers else None
+            if self._buffer is None:
+                self._buffer = nativeio.aligned_buffer(BUFFER_SIZE)
+        return self._buffer
+
+    def release(self) -> None:
+        """Back to the pool, once no thread uses the buffer any more."""
+        if self._buffer is not None:
+            with _free_lock:
+                if len(_free_buffers) < POOLED_BUFFERS:
+                    _free_buffers.append(self._buffer)
+            self._buffer = None
 
 
 def _copy_held(held: list[memoryview], buffer: memoryview, begin: int, end: int) -> int:
@@ -278,14 +374,9 @@ def _fill(sock: _Socket, buffer: memoryview, begin: int, end: int) -> tuple[int,
             return filled, "eof"
         filled += n
         sock.active_at = time.monotonic()
+        if sock.active_at >= sock.return_at:
+            return filled, "due"
     return filled, None
-
-
-def _buffer() -> memoryview:
-    buffer: memoryview | None = getattr(_local, "buffer", None)
-    if buffer is None:
-        buffer = _local.buffer = nativeio.aligned_buffer(BUFFER_SIZE)
-    return buffer
 
 
 def _pipe() -> tuple[int, int]:
