@@ -512,7 +512,8 @@ class TusHandler:
         reporting = progress.reporting(start)      # the reader reports what it consumed, prefix included
         failed: ErrorKind | None = None
         try:
-            await body.read_into(consume, reporting, start % DIRECT_IO_ALIGNMENT, prefix)
+            await body.read_into(consume, reporting, start % DIRECT_IO_ALIGNMENT, prefix,
+                                 overlap=checksum is not None)     # hash one buffer while the next fills
         except BodyError as error:
             failed = BODY_ERRORS[type(error)]
         except StorageFull:

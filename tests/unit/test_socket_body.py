@@ -244,3 +244,71 @@ def test_a_paused_client_hands_its_thread_back(pair: tuple[socket.socket, socket
     sender.join()
     assert bytes(parts.data) == b"a" * 1000 + b"b" * 1000
     assert busy and not any(busy)
+
+
+def test_what_a_paused_client_sent_is_consumed_while_it_pauses(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    parts = Parts()
+    seen: list[int] = []
+
+    def send() -> None:
+        client.sendall(b"p" * 30_000)
+        deadline = time.monotonic() + 5
+        while len(parts.data) < 30_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(len(parts.data))
+        client.sendall(b"q" * 70_000)
+    sender = threading.Thread(target=send)
+    sender.start()
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), 100_000, parts.consume, 10, cancelled)
+    assert asyncio.run(read()) == 100_000
+    sender.join()
+    assert seen == [30_000]                     # stored during the pause, not held back
+    assert bytes(parts.data) == b"p" * 30_000 + b"q" * 70_000
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turn", "overlapped"])
+def test_a_slow_consumer_gets_every_part_in_order(pair: tuple[socket.socket, socket.socket],
+                                                  overlap: bool) -> None:
+    client, server = pair
+    body = random.Random(9).randbytes(9 * MiB + 17)
+    parts = Parts(phase=5)
+    threads: set[str] = set()
+
+    def consume(part: memoryview, position: int) -> None:
+        threads.add(threading.current_thread().name.split("_")[0])
+        time.sleep(0.01)                        # a hash costs time: the next buffer fills meanwhile
+        parts.consume(part, position)
+    sender = send_later(client, body)
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), len(body), consume, 10, cancelled, phase=5, overlap=overlap)
+    assert asyncio.run(read()) == len(body)
+    sender.join()
+    assert bytes(parts.data) == body and parts.misaligned == 0
+    assert threads == ({"tusfast-consume"} if overlap else {"tusfast-splice"})
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turn", "overlapped"])
+def test_a_failing_consumer_stops_the_body(pair: tuple[socket.socket, socket.socket], overlap: bool) -> None:
+    client, server = pair
+    calls: list[int] = []
+
+    def consume(part: memoryview, position: int) -> None:
+        calls.append(position)
+        if position >= 2 * MiB:
+            raise OSError(28, "No space left on device")
+    sender = send_later(client, bytes(8 * MiB))
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), 8 * MiB, consume, 10, cancelled, overlap=overlap)
+    with pytest.raises(OSError, match="No space"):
+        asyncio.run(read())
+    client.close()
+    sender.join()
+    assert max(calls) == 2 * MiB                # nothing consumed after the failure

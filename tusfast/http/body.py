@@ -285,15 +285,15 @@ class RequestBody:
             sock, fd, offset, count, stored, self._timeout, cancelled, reporting))
 
     async def read_into(self, consume: splice.Consume, reporting: splice.Reporting | None = None,
-                        phase: int = 0, prefix: Sequence[Buffer] = ()) -> int:
+                        phase: int = 0, prefix: Sequence[Buffer] = (), overlap: bool = False) -> int:
         """Like splice_into, but every part passes through `consume(part, position)` in a worker
         thread, from a reused page-aligned buffer: for bodies that are hashed on their way to
-        storage, or written with O_DIRECT (see splice.read_body for `phase` and `prefix`).
+        storage, or written with O_DIRECT (see splice.read_body for the other arguments).
         Returns the bytes taken from the socket, prefix not included."""
         assert self._splice_from is not None
         sock = self._splice_from
         return await self._take_rest(lambda count, cancelled: splice.read_body(
-            sock, count, consume, self._timeout, cancelled, reporting, phase, prefix))
+            sock, count, consume, self._timeout, cancelled, reporting, phase, prefix, overlap))
 
     async def _take_rest(self, transfer: Callable[[int, "asyncio.Future[None]"], Awaitable[int]]) -> int:
         decoder = self._decoder

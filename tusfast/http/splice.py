@@ -21,7 +21,7 @@ import os
 import select
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Awaitable, Callable, Sequence, TypeVar
 
 from .. import nativeio
@@ -32,7 +32,7 @@ GRACE = 0.02                    # seconds a worker thread waits for a quiet sock
 WAIT_BUDGET = 0.05              # seconds of waiting per step: a slow, steady client hands back too
 CALL = 8 * 1024 * 1024          # bytes per splice call: an abort is noticed at least this often
 PIPE_SIZE = 1024 * 1024
-BUFFER_SIZE = 2 * 1024 * 1024   # per body, page-aligned, from a pool
+BUFFER_SIZE = 2 * 1024 * 1024   # per body (two with overlap), page-aligned, from a pool
 ALIGN = nativeio.DIRECT_IO_ALIGNMENT
 MIN_SPLICE = 256 * 1024         # smaller bodies are cheaper through the ordinary path
 POOLED_BUFFERS = 64             # free buffers kept for reuse; more are let go
@@ -42,6 +42,7 @@ _PEER_GONE = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT})
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tusfast-splice")
+_consumers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tusfast-consume")
 _local = threading.local()
 _free_buffers: list[memoryview] = []
 _free_lock = threading.Lock()
@@ -141,14 +142,15 @@ async def splice_body(sock_fd: int, file_fd: int, offset: int, count: int, store
 
 async def read_body(sock_fd: int, count: int, consume: Consume, timeout: float,
                     cancelled: "asyncio.Future[None]", reporting: Reporting | None = None, phase: int = 0,
-                    prefix: Sequence[Buffer] = ()) -> int:
+                    prefix: Sequence[Buffer] = (), overlap: bool = False) -> int:
     """Read exactly `count` body bytes into a buffer, handing it to `consume` whenever it is full
     (and at the end); the bytes of `prefix` (already read by the transport) go first. Every part
     starts at an address congruent to (phase + its position) modulo ALIGN, and all but the first
     and last end on such a boundary: pass the file offset as phase to write parts with O_DIRECT.
     Progress reports count the bytes consumed, prefix included. Returns the bytes read from the
-    socket (prefix not included)."""
-    reading = _Reading(consume, phase, prefix)
+    socket (prefix not included). `overlap`: consume in another thread while the next buffer
+    fills, for consumers that cost CPU (hashing)."""
+    reading = _Reading(consume, phase, prefix, overlap)
     try:
         return await _drive(_Socket(sock_fd, timeout), count, reading, cancelled, reporting)
     finally:
@@ -280,25 +282,31 @@ class _Splicing(_Transfer):
 
 
 class _Reading(_Transfer):
-    """A body read in steps into one buffer: the prefix still to hand out, the bytes held."""
+    """A body read in steps into a buffer: the prefix still to hand out, the bytes held (until the
+    buffer is full, the body ends or the client pauses). With
+    `overlap`, a full buffer is consumed in another thread while the next one fills (for consumers
+    that cost CPU, such as hashing); parts are still consumed one at a time, in order."""
 
-    def __init__(self, consume: Consume, phase: int, prefix: Sequence[Buffer]) -> None:
+    def __init__(self, consume: Consume, phase: int, prefix: Sequence[Buffer], overlap: bool = False) -> None:
         self._consume = consume
         self._phase = phase
+        self._overlap = overlap
         self._position = 0          # of the buffer's first byte in the body, prefix included
+        self._consumed = 0          # body bytes consumed so far
         self._held = [memoryview(part).cast("B") for part in prefix if len(part)]
-        self._buffer: memoryview | None = None
-        self._begin = self._filled = 0      # the buffer's bytes are [begin, filled)
+        self._buffers: list[memoryview] = []    # the one filling first; with overlap, a spare
+        self._begin = self._filled = 0      # the filling buffer's bytes are [begin, filled)
+        self._pending: Future[None] | None = None   # the other buffer's consumption
 
     def stored(self, moved: int) -> int:
-        return self._position
+        return self._consumed
 
     def step(self, sock: _Socket, most: int) -> int:
         """Fill the buffer (the prefix first, then the socket), consuming it whenever it is full
         and once the body is complete; returns the bytes that came from the socket."""
-        buffer = self._take_buffer()
         moved = 0
         while moved < most:
+            buffer = self._filling()
             if self._filled == self._begin == 0:
                 self._begin = self._filled = (self._phase + self._position) % ALIGN
             self._filled = _copy_held(self._held, buffer, self._filled, len(buffer))
@@ -306,8 +314,13 @@ class _Reading(_Transfer):
             self._filled, reason = _fill(sock, buffer, self._filled, self._filled + min(len(buffer) - self._filled,
                                                                                         most - moved))
             moved += self._filled - before
-            if self._filled == len(buffer) or moved == most or reason not in (None, "quiet", "due"):
-                self.flush()
+            # A paused client gets what it sent stored now, and holds no buffer while it pauses.
+            ended = moved == most or reason not in (None, "due")
+            if self._filled == len(buffer) or ended:
+                self._hand_out(final=ended)
+            if reason == "quiet":
+                _give_back(self._buffers)
+                self._buffers = []
             if reason in ("quiet", "due"):
                 break
             if reason is not None:
@@ -315,26 +328,59 @@ class _Reading(_Transfer):
         return moved
 
     def flush(self) -> None:
-        if self._buffer is not None and self._filled > self._begin:
-            self._consume(self._buffer[self._begin:self._filled], self._position)
-            self._position += self._filled - self._begin
-        self._begin = self._filled = 0
+        self._hand_out(final=True)
 
-    def _take_buffer(self) -> memoryview:
-        if self._buffer is None:
-            with _free_lock:
-                self._buffer = _free_buffers.pop() if _free_buffers else None
-            if self._buffer is None:
-                self._buffer = nativeio.aligned_buffer(BUFFER_SIZE)
-        return self._buffer
+    def _hand_out(self, final: bool) -> None:
+        """Consume what the filling buffer holds; `final`: also wait until everything is consumed."""
+        if self._filled > self._begin:
+            part, position = self._buffers[0][self._begin:self._filled], self._position
+            self._position += len(part)
+            if self._overlap:
+                self._wait()
+                self._pending = _consumers.submit(self._consume_part, part, position)
+                if len(self._buffers) == 1:
+                    self._buffers.append(_take_buffer())
+                self._buffers.reverse()
+            else:
+                self._consume_part(part, position)
+        self._begin = self._filled = 0
+        if final:
+            self._wait()
+
+    def _consume_part(self, part: memoryview, position: int) -> None:
+        self._consume(part, position)
+        self._consumed = position + len(part)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _filling(self) -> memoryview:
+        if not self._buffers:
+            self._buffers.append(_take_buffer())
+        return self._buffers[0]
 
     def release(self) -> None:
-        """Back to the pool, once no thread uses the buffer any more."""
-        if self._buffer is not None:
-            with _free_lock:
-                if len(_free_buffers) < POOLED_BUFFERS:
-                    _free_buffers.append(self._buffer)
-            self._buffer = None
+        """Back to the pool, once no thread uses the buffers any more."""
+        buffers, self._buffers = self._buffers, []
+        pending = self._pending
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: _give_back(buffers))
+        else:
+            _give_back(buffers)
+
+
+def _take_buffer() -> memoryview:
+    with _free_lock:
+        if _free_buffers:
+            return _free_buffers.pop()
+    return nativeio.aligned_buffer(BUFFER_SIZE)
+
+
+def _give_back(buffers: list[memoryview]) -> None:
+    with _free_lock:
+        _free_buffers.extend(buffers[:max(0, POOLED_BUFFERS - len(_free_buffers))])
 
 
 def _copy_held(held: list[memoryview], buffer: memoryview, begin: int, end: int) -> int:
