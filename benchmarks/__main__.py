@@ -44,6 +44,7 @@ FULL = {"size": "1G", "chunk": "8M", "concurrency": 32, "each_size": "64M", "sma
 QUICK = {"size": "64M", "chunk": "4M", "concurrency": 8, "each_size": "8M", "small_count": 200,
          "small_size": "16K", "repeat": 2}
 FSYNC_MODES = ("complete", "every-patch", "never")
+DIRECT_IO_MODES = ("auto", "off")
 PEERS = ("tusd", "tus-node")
 RUN_ERRORS = (ProtocolError, ServerError, OSError, ConnectionError, ValueError)
 
@@ -108,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
                    help="--workers of the second tusfast configuration")
     p.add_argument("--fsync", type=lambda text: parse_list(text, FSYNC_MODES), default="complete",
                    help="tusfast --fsync mode(s), comma-separated: complete, every-patch, never")
+    p.add_argument("--direct-io", type=lambda text: parse_list(text, DIRECT_IO_MODES), default="auto",
+                   help="tusfast --direct-io mode(s), comma-separated: auto (O_DIRECT where the upload "
+                        "directory takes it), off (splice through the page cache)")
     p.add_argument("--no-sha256", dest="sha256", action="store_false",
                    help="skip the SHA-256 check of the stored file in scenario 1")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="where results go")
@@ -170,7 +174,7 @@ class Progress:
 # -- running ----------------------------------------------------------------------------------------
 
 def choose_servers(args: argparse.Namespace, notes: list[str]) -> list[ServerSpec]:
-    specs = tusfast_specs(args.workers, args.fsync, notes)
+    specs = tusfast_specs(args.workers, args.fsync, notes, args.direct_io)
     wanted = args.peers if args.peers is not None else list(PEERS)
     if "tusd" in wanted and (spec := tusd_spec(args.tusd, notes)):
         specs.append(spec)

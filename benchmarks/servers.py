@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,23 +259,30 @@ def _run(argv: list[str], cwd: Path | None = None, timeout: float = 60) -> str:
     return proc.stdout + proc.stderr
 
 
-def tusfast_specs(workers: int, fsync_modes: list[str], notes: list[str]) -> list[ServerSpec]:
-    """tusfast with its defaults and with --workers, once per fsync mode."""
+def tusfast_specs(workers: int, fsync_modes: list[str], notes: list[str],
+                  direct_io_modes: Sequence[str] = ("auto",)) -> list[ServerSpec]:
+    """tusfast with its defaults and with --workers, once per fsync mode and --direct-io mode."""
     base = [sys.executable, "-m", "tusfast", "serve", "--host", HOST, "--port", "{port}",
             "--upload-dir", "{dir}", "--log-level", "warning", "--expire-after", "0"]
     version = _run([sys.executable, "-m", "tusfast", "--version"], cwd=REPO).strip()
-    has_fsync = "--fsync" in _run([*base[:4], "--help"], cwd=REPO)
+    help_text = _run([*base[:4], "--help"], cwd=REPO)
+    has_fsync = "--fsync" in help_text
     if not has_fsync:
         notes.append("`tusfast serve` has no --fsync flag yet: it ran without it, labelled "
                      "'complete' (its built-in behaviour: fdatasync before completing an upload).")
         fsync_modes = ["complete"]
+    if "--direct-io" not in help_text and list(direct_io_modes) != ["auto"]:
+        notes.append("`tusfast serve` has no --direct-io flag: it ran with its built-in write path only.")
+        direct_io_modes = ["auto"]
     specs = []
     for mode in fsync_modes:
-        suffix = f" --fsync {mode}" if len(fsync_modes) > 1 else ""
-        extra = ("--fsync", mode) if has_fsync else ()
-        specs.append(ServerSpec(f"tusfast{suffix}", "tusfast", mode, (*base, *extra), version, REPO))
-        specs.append(ServerSpec(f"tusfast --workers {workers}{suffix}", "tusfast", mode,
-                                (*base, "--workers", str(workers), *extra), version, REPO))
+        for direct in direct_io_modes:
+            suffix = (f" --fsync {mode}" if len(fsync_modes) > 1 else "") + \
+                     (f" --direct-io {direct}" if direct != "auto" else "")
+            extra = (("--fsync", mode) if has_fsync else ()) + (("--direct-io", direct) if direct != "auto" else ())
+            specs.append(ServerSpec(f"tusfast{suffix}", "tusfast", mode, (*base, *extra), version, REPO))
+            specs.append(ServerSpec(f"tusfast --workers {workers}{suffix}", "tusfast", mode,
+                                    (*base, "--workers", str(workers), *extra), version, REPO))
     return specs
 
 
