@@ -491,17 +491,19 @@ class TusHandler:
         read goes first, through the same buffers."""
         prefix = body.begin_splice()
         start = progress.offset
+        end = start + sum(len(part) for part in prefix) + body.unread
         written = 0
 
         def consume(part: memoryview, position: int) -> None:
             nonlocal written
+            last = start + position + len(part) == end
             try:
                 if checksum is None:
-                    direct.write_aligned(start + position, part)
+                    direct.write_aligned(start + position, part, last)
                 else:
                     # Write in a second thread while this one hashes: both release the GIL, so a
                     # buffer costs max(hash, write) instead of their sum.
-                    writing = _WRITERS.submit(direct.write_aligned, start + position, part)
+                    writing = _WRITERS.submit(direct.write_aligned, start + position, part, last)
                     checksum.update([part])
                     writing.result()
             except StorageFull as full:

@@ -4,6 +4,8 @@ ragged edges, and the same bytes on disk whichever way they went."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import mmap
 import os
 import random
 from pathlib import Path
@@ -126,3 +128,46 @@ def test_the_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     DirectIO.probe(tmp_path)
     assert list(tmp_path.iterdir()) == []
     assert DirectIO.probe(tmp_path / "missing").enabled is False
+
+
+def test_the_last_part_of_a_body_goes_through_the_page_cache(storage: FileStorage) -> None:
+    """The reply waits for the last part: it is not held up by the device. Same bytes either way."""
+    data = random.Random(11).randbytes(3 * MiB + 5)
+    writer = open_writer(storage)
+    writer.write_aligned(0, aligned_copy(data[:2 * MiB], 0))
+    writer.write_aligned(2 * MiB, aligned_copy(data[2 * MiB:], 2 * MiB), last=True)
+    assert writer._direct_fd >= 0 or not writer.direct_io      # the first part went direct
+    assert os.fstat(writer._fd).st_size == len(data)
+    run(writer.close(durable=True))
+    path = storage.directory / ID
+    if writer.direct_io and file_system_of(path) != "tmpfs":    # tmpfs is all page cache
+        assert resident_pages(path, 0, 2 * MiB) == 0
+        assert resident_pages(path, 2 * MiB, MiB) == MiB // ALIGN
+    assert path.read_bytes() == data
+
+
+def file_system_of(path: Path) -> str:
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if str(path).startswith(m[1].rstrip("/") + "/")), key=lambda m: len(m[1]))
+    return best[2]
+
+
+def resident_pages(path: Path, offset: int, length: int) -> int:
+    """Pages of the file's range that sit in the page cache (mincore(2) on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        assert address not in (None, ctypes.c_void_p(-1).value)
+        pages = (ctypes.c_ubyte * (length // ALIGN))()
+        try:
+            assert libc.mincore(address, length, pages) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(address, length)
+    finally:
+        os.close(fd)
+    return sum(page & 1 for page in pages)

@@ -263,6 +263,12 @@ class RequestBody:
 
     # -- the splice path: the rest of the body straight from the socket into a file --
 
+    @property
+    def unread(self) -> int:
+        """Body bytes of a known length not received yet (still in the socket)."""
+        assert self.size is not None
+        return self.size - self.received
+
     def can_splice(self) -> bool:
         decoder = self._decoder
         return (self._splice_from is not None and isinstance(decoder, ContentLengthDecoder)

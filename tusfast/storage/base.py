@@ -69,9 +69,10 @@ class DirectWriter(Protocol):
         """True when write_aligned bypasses the page cache (O_DIRECT): then reading a body into
         aligned buffers costs less than splicing it."""
 
-    def write_aligned(self, offset: int, data: memoryview) -> None:
+    def write_aligned(self, offset: int, data: memoryview, last: bool = False) -> None:
         """write_now for a buffer whose address is congruent to offset modulo
-        nativeio.DIRECT_IO_ALIGNMENT, as the body reader's buffers are."""
+        nativeio.DIRECT_IO_ALIGNMENT, as the body reader's buffers are. `last`: the body ends with
+        it, and the reply waits for it."""
 
 
 class Storage(Protocol):

@@ -127,14 +127,16 @@ class FileWriter:
         except OSError as exc:
             raise self._failed(exc, offset) from exc
 
-    def write_aligned(self, offset: int, data: memoryview) -> None:
+    def write_aligned(self, offset: int, data: memoryview, last: bool = False) -> None:
         """Blocking, from a worker thread; data's address is congruent to offset modulo ALIGN (as
         splice.read_body's parts are). With direct I/O the aligned middle goes straight to the
-        disk, and only the ragged edges (under a page each) pass through the page cache."""
+        disk, and only the ragged edges (under a page each) pass through the page cache. The
+        `last` part of a body goes through the page cache (and its write-back windows): the reply
+        waits for it, and need not wait for the device (durability is --fsync's business)."""
         head = min(len(data), -offset % ALIGN)
         middle = (len(data) - head) // ALIGN * ALIGN
         try:
-            direct_fd = self._open_direct() if middle else -1
+            direct_fd = self._open_direct() if middle and not last else -1
             if direct_fd < 0:
                 return self._write_paced([data], offset)
             if head:
