@@ -177,3 +177,19 @@ def test_no_flat_link_without_a_layout(tmp_path: Path) -> None:
     storage.prepare()
     info = run(storage.create(new_info()))
     assert not (tmp_path / ID).is_symlink() and Path(info.storage["Path"]) == tmp_path / ID
+
+
+def test_a_change_made_by_another_process_is_seen_despite_the_info_cache(tmp_path: Path) -> None:
+    """Two storages on one directory stand for two processes: each caches decoded info files."""
+    first, second = FileStorage(tmp_path), FileStorage(tmp_path)
+    info = run(first.create(new_info(length=None)))
+    assert run(first.get_info(ID)).length is None            # cached now
+    run(second.declare_length(run(second.get_info(ID)), 42))
+    assert run(first.get_info(ID)).length == 42
+    info_path = Path(info.storage["InfoPath"])
+    info_path.write_bytes(b"{ not json")                      # rewritten in place, another size
+    with pytest.raises(UploadCorrupt):
+        run(first.get_info(ID))
+    info_path.unlink()
+    with pytest.raises(UploadNotFound):
+        run(first.get_info(ID))
