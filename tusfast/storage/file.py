@@ -21,6 +21,7 @@ import asyncio
 import errno
 import logging
 import os
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -68,7 +69,7 @@ class DirectIO:
     @classmethod
     def probe(cls, directory: Path) -> DirectIO:
         """Write one aligned block with O_DIRECT into a scratch file in directory."""
-        path = directory / f".direct-io-probe-{os.getpid()}"
+        path = directory / f".direct-io-probe-{secrets.token_hex(8)}"     # never a stale one's name
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
         except OSError:
