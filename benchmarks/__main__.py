@@ -306,8 +306,8 @@ def standing_notes(args: argparse.Namespace, tmp_root: Path) -> list[str]:
         (f"Machine: {machine()}; uploads on {filesystem_of(tmp_root)}. The load generator and the "
          f"servers share the {os.cpu_count()} CPUs."),
         ("The page cache is not dropped between runs (that needs root tricks): the source file is "
-         "read from memory, and scenario 5 serves a file that was just written, so it is cached "
-         "too. Before every run the previous run's files are deleted and `sync` is called."),
+         "read from memory, and scenario 5 serves a file that was just written and downloaded once, "
+         "so it is cached too. Before every run the previous run's files are deleted and `sync` is called."),
         ("tusd and @tus/server never fsync; tusfast in fsync mode 'complete' fdatasyncs every "
          "finished upload before answering, so in scenarios 1-3 and 6 it also waits for the disk."),
     ]
