@@ -85,7 +85,7 @@ class TusServer:
             return S3Storage(config.s3_bucket, config.s3_prefix, config.s3_endpoint, config.s3_region,
                              config.s3_part_size, config.s3_temp_dir, info_store=infos)
         return FileStorage(config.upload_dir, config.dir_layout, flat_links=config.flat_links, info_store=infos,
-                           direct_io=config.direct_io == "auto")
+                           direct_io=config.direct_io)
 
     def _default_locker(self) -> Locker:
         config = self.config
@@ -148,8 +148,8 @@ class TusServer:
             await self.locker.connect()     # Redis down: LockUnavailable, before we accept anything
         if isinstance(self.storage, FileStorage):
             self.storage.prepare()
-            log.info("direct I/O (O_DIRECT) for large bodies: %s", "on" if self.storage.direct_io.enabled else
-                     "off" if self.config.direct_io == "off" else "off, the upload directory does not take it")
+            direct = self.storage.direct_io
+            log.info("direct I/O (O_DIRECT) for large bodies: %s (%s)", "on" if direct.enabled else "off", direct.why)
         if isinstance(self.storage, Lifecycle):
             await self.storage.open()       # in the running loop; a missing bucket stops us here
         if self.info_store is not None:

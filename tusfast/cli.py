@@ -108,8 +108,9 @@ OPTIONS = [
     Option("--disable-download", "disable_download", "answer GET on uploads with 405", None),
     Option("--fsync", "fsync", "when data reaches the disk before the reply: complete (default: before the "
            "reply that completes an upload), every-patch, or never", str.lower),
-    Option("--direct-io", "direct_io", "auto (default): write large bodies with O_DIRECT where the upload "
-           "directory takes it, bypassing the page cache; off: splice them through the page cache", str.lower),
+    Option("--direct-io", "direct_io", "auto (default): write large bodies with O_DIRECT, bypassing the page "
+           "cache, if the upload directory is on a local disk file system that takes it; on: also on "
+           "NFS, SMB or FUSE; off: splice them through the page cache", str.lower),
     Option("--hooks-http", "hooks_http", "POST hook events as JSON to this URL"),
     Option("--hooks-http-forward-headers", "hooks_http_forward_headers", "request headers also sent as "
            "headers of the hook request, e.g. X-Api-Key,Cookie", parse_list),

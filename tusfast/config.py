@@ -15,7 +15,7 @@ _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])i?)?b?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 FSYNC_MODES = ("complete", "every-patch", "never")
-DIRECT_IO_MODES = ("auto", "off")
+DIRECT_IO_MODES = ("auto", "on", "off")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -73,7 +73,7 @@ class Config:
     expire_after: float | None = 7 * 86400.0
     disable_download: bool = False
     fsync: str = "complete"     # when data must be on disk before the response (see FSYNC_MODES)
-    direct_io: str = "auto"     # large bodies with O_DIRECT where the upload directory takes it, or off
+    direct_io: str = "auto"     # large bodies with O_DIRECT: auto (local disks), on, off (see DIRECT_IO_MODES)
     idle_timeout: float = 75.0
     read_timeout: float = 60.0
     head_timeout: float = 30.0

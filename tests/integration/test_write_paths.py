@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,11 +63,13 @@ def test_a_checksum_mismatch_leaves_no_byte_behind(server: ServerProcess) -> Non
     assert (server.upload_dir / upload_id(url)).read_bytes() == payload[:12_345]
 
 
-def test_the_log_says_which_way_large_bodies_go(server: ServerProcess) -> None:
-    lines = [line for line in server.log if "direct I/O (O_DIRECT)" in line]
+def test_the_log_says_which_way_large_bodies_go_and_why(server: ServerProcess) -> None:
+    lines = [line for line in server.log if "direct I/O (O_DIRECT) for large bodies" in line]
     assert lines, "".join(server.log)
-    if "--direct-io" in server.args and server.args[server.args.index("--direct-io") + 1] == "off":
-        assert lines[0].rstrip().endswith(": off")
+    if server.args[server.args.index("--direct-io") + 1] == "off":
+        assert lines[0].rstrip().endswith(": off (--direct-io off)")
+    else:
+        assert re.search(r": (on|off) \(.*file system.*\)$", lines[0].rstrip()), lines[0]
 
 
 def test_creation_with_upload_of_a_large_body(server: ServerProcess) -> None:

@@ -16,7 +16,7 @@ import pytest
 from tusfast import nativeio
 from tusfast.core.model import UploadInfo
 from tusfast.storage import DirectWriter, FileStorage
-from tusfast.storage.file import DirectIO, FileWriter
+from tusfast.storage.file import LOCAL_FILE_SYSTEMS, DirectIO, FileWriter, file_system_type
 
 T = TypeVar("T")
 ID = "0123456789abcdef0123456789abcdef"
@@ -39,7 +39,7 @@ def aligned_copy(data: bytes, offset: int) -> memoryview:
     return buffer[skew:skew + len(data)]
 
 
-@pytest.fixture(params=[True, False], ids=["direct", "page-cache"])
+@pytest.fixture(params=["on", "off"], ids=["direct", "page-cache"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> FileStorage:
     store = FileStorage(tmp_path, direct_io=request.param)
     store.prepare()
@@ -56,7 +56,7 @@ def open_writer(storage: FileStorage, offset: int = 0) -> FileWriter:
 def test_the_probe_decides_and_off_means_off(storage: FileStorage) -> None:
     writer = open_writer(storage)
     assert writer.direct_io == storage.direct_io.enabled
-    if not storage._want_direct_io:
+    if storage.direct_io_mode == "off":
         assert writer.direct_io is False
 
 
@@ -125,9 +125,47 @@ def test_direct_io_state_is_shared_and_switches_off_once(caplog: pytest.LogCaptu
 
 
 def test_the_probe_leaves_nothing_behind(tmp_path: Path) -> None:
-    DirectIO.probe(tmp_path)
+    DirectIO.choose(tmp_path, "on")
     assert list(tmp_path.iterdir()) == []
-    assert DirectIO.probe(tmp_path / "missing").enabled is False
+    assert DirectIO.choose(tmp_path / "missing", "on").enabled is False
+
+
+MOUNTINFO = """\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:35 / /srv/uploads rw,relatime shared:20 - nfs4 server:/export rw,vers=4.2
+41 40 0:36 / /srv/uploads/local\\040disk rw shared:21 - xfs /dev/vdb rw
+42 22 0:37 / /mnt/fuse rw - fuse.sshfs user@host:/ rw
+"""
+
+
+@pytest.mark.parametrize("path,kind", [
+    ("/srv/uploads/2026", "nfs4"), ("/srv/uploads", "nfs4"), ("/srv/uploads/local disk/x", "xfs"),
+    ("/srv/uploadsX", "ext4"), ("/mnt/fuse/a", "fuse.sshfs"), ("/var/tmp", "ext4"),
+])
+def test_the_file_system_type_comes_from_the_longest_mount_point(tmp_path: Path, path: str, kind: str) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    assert file_system_type(Path(path), str(mountinfo)) == kind
+
+
+def test_auto_leaves_network_file_systems_to_the_page_cache(tmp_path: Path) -> None:
+    """On NFS every O_DIRECT write would wait for the server: auto says no; on tries anyway."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO + f"50 22 0:40 / {tmp_path} rw - nfs4 server:/export rw\n")
+    auto = DirectIO.choose(tmp_path, "auto", str(mountinfo))
+    assert auto.enabled is False and "nfs4" in auto.why
+    forced = DirectIO.choose(tmp_path, "on", str(mountinfo))
+    assert forced.enabled is DirectIO.choose(tmp_path, "on").enabled     # whatever this disk takes
+    assert DirectIO.choose(tmp_path, "off", str(mountinfo)).enabled is False
+
+
+def test_auto_takes_the_local_file_system_of_this_machine(tmp_path: Path) -> None:
+    kind = file_system_type(tmp_path)
+    chosen = DirectIO.choose(tmp_path, "auto")
+    if kind in LOCAL_FILE_SYSTEMS:
+        assert chosen.enabled is DirectIO.choose(tmp_path, "on").enabled
+    else:
+        assert chosen.enabled is False and kind in chosen.why
 
 
 def test_the_last_part_of_a_body_goes_through_the_page_cache(storage: FileStorage) -> None:

@@ -45,6 +45,8 @@ WRITE_BACK_WINDOW = 8 * 1024 * 1024     # bounded dirty data: durable ingest at 
 INLINE_WRITE = 64 * 1024                # smaller writes go to the page cache inline
 INFO_CACHE_SIZE = 10_000                # decoded info files kept (checked against the file on every use)
 ALIGN = nativeio.DIRECT_IO_ALIGNMENT
+# Local disk file systems, where O_DIRECT skips the page cache without a network round trip per write.
+LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs", "jfs", "zfs", "tmpfs"})
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _UNAVAILABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EIO}
@@ -60,34 +62,70 @@ def translate(exc: OSError) -> Exception:
 
 
 class DirectIO:
-    """Whether an upload directory takes O_DIRECT writes: probed once, switched off for good (with
-    one warning) the first time a file system refuses one."""
+    """Whether large bodies go to the upload directory with O_DIRECT, and why (for the log):
+    decided once at start-up, switched off for good (with one warning) the first time the file
+    system refuses a write."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, why: str = "") -> None:
         self.enabled = enabled
+        self.why = why
 
     @classmethod
-    def probe(cls, directory: Path) -> DirectIO:
-        """Write one aligned block with O_DIRECT into a scratch file in directory."""
-        path = directory / f".direct-io-probe-{secrets.token_hex(8)}"     # never a stale one's name
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
-        except OSError:
-            return cls(False)
-        try:
-            block = nativeio.aligned_buffer(ALIGN)
-            return cls(os.pwrite(fd, block, 0) == ALIGN)
-        except OSError:
-            return cls(False)
-        finally:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+    def choose(cls, directory: Path, mode: str, mountinfo: str = "/proc/self/mountinfo") -> DirectIO:
+        """mode 'auto': on local disk file systems that take O_DIRECT; 'on': wherever they take it;
+        'off': never. On NFS, SMB or FUSE every O_DIRECT write waits for a round trip to the
+        server, so 'auto' leaves those to the page cache."""
+        if mode == "off":
+            return cls(False, "--direct-io off")
+        kind = file_system_type(directory, mountinfo)
+        if mode == "auto" and kind not in LOCAL_FILE_SYSTEMS:
+            return cls(False, f"{kind or 'unknown'} file system (--direct-io on uses it anyway)")
+        if not _takes_direct_writes(directory):
+            return cls(False, f"the {kind or 'unknown'} file system refused an O_DIRECT write")
+        return cls(True, f"{kind or 'unknown'} file system")
 
     def refused(self, exc: OSError) -> None:
         if self.enabled:
             self.enabled = False
+            self.why = f"a write was refused: {exc}"
             log.warning("the upload directory refused an O_DIRECT write (%s): writing through the "
                         "page cache from now on", exc)
+
+
+def _takes_direct_writes(directory: Path) -> bool:
+    """Write one aligned block with O_DIRECT into a scratch file in directory."""
+    path = directory / f".direct-io-probe-{secrets.token_hex(8)}"     # never a stale one's name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    try:
+        return os.pwrite(fd, nativeio.aligned_buffer(ALIGN), 0) == ALIGN
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def file_system_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the file system that holds path ('' if unknown): the mount with the longest
+    mount point that contains it."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return ""
+    target, best, kind = os.path.realpath(path), -1, ""
+    for line in lines:
+        mount, separator, rest = line.partition(" - ")      # mountinfo(5): ... mount point ... - type ...
+        fields = mount.split(" ")
+        if not separator or len(fields) < 5:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) > best:
+            best, kind = len(mount_point), rest.split(" ")[0]
+    return kind
 
 
 class FileWriter:
@@ -221,12 +259,12 @@ def _roll_back(fd: int, offset: int, marker: str) -> None:
 class FileStorage:
     def __init__(self, directory: str | os.PathLike[str], dir_layout: str | None = None,
                  executor: ThreadPoolExecutor | None = None, flat_links: bool = False,
-                 info_store: InfoStore | None = None, direct_io: bool = True) -> None:
+                 info_store: InfoStore | None = None, direct_io: str = "auto") -> None:
         self.directory = Path(directory).absolute()
         self._root = str(self.directory)
         # Large bodies are written with O_DIRECT if the directory takes it (probed in prepare()).
-        self.direct_io = DirectIO(False)
-        self._want_direct_io = direct_io
+        self.direct_io = DirectIO(False, "not decided yet")
+        self.direct_io_mode = direct_io     # auto, on or off (see DirectIO.choose)
         # None: info in <id>.info files, offset = file size. Else info and recorded offsets live
         # there (storage/info.py), with paths relative to the directory (hosts may mount it anywhere).
         self.infos = info_store
@@ -239,8 +277,7 @@ class FileStorage:
     def prepare(self) -> None:
         """Create the upload directory; called once at start-up, so a bad path fails loudly then."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self._want_direct_io:
-            self.direct_io = DirectIO.probe(self.directory)
+        self.direct_io = DirectIO.choose(self.directory, self.direct_io_mode)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # Disk calls run off the event loop: one slow disk must not stall every connection.
