@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence, cast
 
 from .core import protocol as tus
 from .core.checksum import Checksum
@@ -444,11 +444,12 @@ class TusHandler:
                     checksum: Checksum | None) -> None:
         end = None if plan.limit is None else progress.offset + plan.limit
         # A known body size was checked against the limit up front, so taking it all is safe.
-        if isinstance(writer, DirectWriter) and body.size is not None and body.can_splice():
-            if checksum is None and not writer.direct_io:
-                await self._splice(writer, writer, progress, body)
+        direct = _as_direct_writer(writer) if body.size is not None and body.can_splice() else None
+        if direct is not None:
+            if checksum is None and not direct.direct_io:
+                await self._splice(writer, direct, progress, body)
             else:
-                await self._read_through(writer, writer, progress, body, checksum)
+                await self._read_through(writer, direct, progress, body, checksum)
         while True:
             try:
                 chunks = await body.read()
@@ -656,6 +657,18 @@ def _truncate(chunks: list[Buffer], size: int) -> list[Buffer]:
         kept.append(chunk[:size])
         size -= len(kept[-1])
     return kept
+
+
+_DIRECT_WRITER_TYPES: dict[type, bool] = {}
+
+
+def _as_direct_writer(writer: UploadWriter) -> DirectWriter | None:
+    """isinstance() against a runtime-checkable protocol costs microseconds per PATCH; the answer
+    depends on the writer's type only."""
+    known = _DIRECT_WRITER_TYPES.get(type(writer))
+    if known is None:
+        known = _DIRECT_WRITER_TYPES[type(writer)] = isinstance(writer, DirectWriter)
+    return cast(DirectWriter, writer) if known else None
 
 
 def _never() -> bool:
