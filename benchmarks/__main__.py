@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from tusfast.storage.mounts import mount_of
+
 from . import s3, scaleout
 from .cluster import make_server, unavailable
 from .loadgen import ProtocolError, SourceFile
@@ -288,12 +290,8 @@ def run_once(row: Row, server: RunningServer, scenario: Scenario, source: Source
 # -- context for the report ---------------------------------------------------------------------------
 
 def filesystem_of(path: Path) -> str:
-    best, kind, device = "", "?", "?"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and str(path.resolve()).startswith(fields[1]) and len(fields[1]) > len(best):
-            best, device, kind = fields[1], fields[0], fields[2]
-    return f"{kind} ({device} on {best})"
+    mount = mount_of(path)
+    return "?" if mount is None else f"{mount.type} ({mount.source} on {mount.point})"
 
 
 def machine() -> str:

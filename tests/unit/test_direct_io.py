@@ -16,7 +16,8 @@ import pytest
 from tusfast import nativeio
 from tusfast.core.model import UploadInfo
 from tusfast.storage import DirectWriter, FileStorage
-from tusfast.storage.file import LOCAL_FILE_SYSTEMS, DirectIO, FileWriter, file_system_type
+from tusfast.storage.file import LOCAL_FILE_SYSTEMS, DirectIO, FileWriter
+from tusfast.storage.mounts import Mount, mount_of
 
 T = TypeVar("T")
 ID = "0123456789abcdef0123456789abcdef"
@@ -138,14 +139,18 @@ MOUNTINFO = """\
 """
 
 
-@pytest.mark.parametrize("path,kind", [
-    ("/srv/uploads/2026", "nfs4"), ("/srv/uploads", "nfs4"), ("/srv/uploads/local disk/x", "xfs"),
-    ("/srv/uploadsX", "ext4"), ("/mnt/fuse/a", "fuse.sshfs"), ("/var/tmp", "ext4"),
+@pytest.mark.parametrize("path,mount", [
+    ("/srv/uploads/2026", Mount("/srv/uploads", "nfs4", "server:/export")),
+    ("/srv/uploads", Mount("/srv/uploads", "nfs4", "server:/export")),
+    ("/srv/uploads/local disk/x", Mount("/srv/uploads/local disk", "xfs", "/dev/vdb")),
+    ("/srv/uploadsX", Mount("/", "ext4", "/dev/vda")),
+    ("/mnt/fuse/a", Mount("/mnt/fuse", "fuse.sshfs", "user@host:/")),
 ])
-def test_the_file_system_type_comes_from_the_longest_mount_point(tmp_path: Path, path: str, kind: str) -> None:
+def test_the_mount_is_the_one_with_the_longest_mount_point(tmp_path: Path, path: str, mount: Mount) -> None:
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO)
-    assert file_system_type(Path(path), str(mountinfo)) == kind
+    assert mount_of(Path(path), str(mountinfo)) == mount
+    assert mount_of(Path(path), str(tmp_path / "missing")) is None
 
 
 def test_auto_leaves_network_file_systems_to_the_page_cache(tmp_path: Path) -> None:
@@ -160,7 +165,8 @@ def test_auto_leaves_network_file_systems_to_the_page_cache(tmp_path: Path) -> N
 
 
 def test_auto_takes_the_local_file_system_of_this_machine(tmp_path: Path) -> None:
-    kind = file_system_type(tmp_path)
+    found = mount_of(tmp_path)
+    kind = found.type if found is not None else ""
     chosen = DirectIO.choose(tmp_path, "auto")
     if kind in LOCAL_FILE_SYSTEMS:
         assert chosen.enabled is DirectIO.choose(tmp_path, "on").enabled
@@ -178,16 +184,11 @@ def test_the_last_part_of_a_body_goes_through_the_page_cache(storage: FileStorag
     assert os.fstat(writer._fd).st_size == len(data)
     run(writer.close(durable=True))
     path = storage.directory / ID
-    if writer.direct_io and file_system_of(path) != "tmpfs":    # tmpfs is all page cache
+    mount = mount_of(path)
+    if writer.direct_io and mount is not None and mount.type != "tmpfs":    # tmpfs is all page cache
         assert resident_pages(path, 0, 2 * MiB) == 0
         assert resident_pages(path, 2 * MiB, MiB) == MiB // ALIGN
     assert path.read_bytes() == data
-
-
-def file_system_of(path: Path) -> str:
-    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
-    best = max((m for m in mounts if str(path).startswith(m[1].rstrip("/") + "/")), key=lambda m: len(m[1]))
-    return best[2]
 
 
 def resident_pages(path: Path, offset: int, length: int) -> int:

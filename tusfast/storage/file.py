@@ -34,6 +34,7 @@ from .info_json import STAGED_SUFFIX, decode_info, encode_info, safe_relative_pa
 from .base import Buffer, StorageFull, StorageUnavailable, UploadCorrupt, UploadGone, UploadNotFound
 from .info import FencedWriter, InfoStore, OffsetConflict
 from .layout import DirLayout
+from .mounts import MOUNTINFO, mount_of
 
 T = TypeVar("T")
 log = logging.getLogger("tusfast.storage")
@@ -71,13 +72,14 @@ class DirectIO:
         self.why = why
 
     @classmethod
-    def choose(cls, directory: Path, mode: str, mountinfo: str = "/proc/self/mountinfo") -> DirectIO:
+    def choose(cls, directory: Path, mode: str, mountinfo: str = MOUNTINFO) -> DirectIO:
         """mode 'auto': on local disk file systems that take O_DIRECT; 'on': wherever they take it;
         'off': never. On NFS, SMB or FUSE every O_DIRECT write waits for a round trip to the
         server, so 'auto' leaves those to the page cache."""
         if mode == "off":
             return cls(False, "--direct-io off")
-        kind = file_system_type(directory, mountinfo)
+        mount = mount_of(directory, mountinfo)
+        kind = mount.type if mount is not None else ""
         if mode == "auto" and kind not in LOCAL_FILE_SYSTEMS:
             return cls(False, f"{kind or 'unknown'} file system (--direct-io on uses it anyway)")
         if not _takes_direct_writes(directory):
@@ -106,26 +108,6 @@ def _takes_direct_writes(directory: Path) -> bool:
     finally:
         os.close(fd)
         path.unlink(missing_ok=True)
-
-
-def file_system_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str:
-    """The type of the file system that holds path ('' if unknown): the mount with the longest
-    mount point that contains it."""
-    try:
-        lines = Path(mountinfo).read_text().splitlines()
-    except OSError:
-        return ""
-    target, best, kind = os.path.realpath(path), -1, ""
-    for line in lines:
-        mount, separator, rest = line.partition(" - ")      # mountinfo(5): ... mount point ... - type ...
-        fields = mount.split(" ")
-        if not separator or len(fields) < 5:
-            continue
-        mount_point = fields[4].replace("\\040", " ")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) > best:
-            best, kind = len(mount_point), rest.split(" ")[0]
-    return kind
 
 
 class FileWriter:
