@@ -404,9 +404,15 @@ class FileStorage:
             raise StorageUnavailable(f"upload directory {self.directory} is missing")
 
     def _get_info(self, upload_id: str) -> UploadInfo:
-        info_path = self._find_info(upload_id)
+        if not is_valid_upload_id(upload_id):
+            raise UploadNotFound(upload_id)
+        info_path = os.path.join(self._root, upload_id + ".info")    # os.path: pathlib costs more per request
         try:
-            info = self._decoded_info(info_path, upload_id)
+            try:
+                info = self._decoded_info(info_path, upload_id)
+            except FileNotFoundError:       # not flat: a dated layout's index entry says where
+                info_path = self._indexed_info(upload_id)
+                info = self._decoded_info(info_path, upload_id)
         except FileNotFoundError:
             self._check_directory()     # a missing directory is an outage, not a missing upload
             if self._tombstone(upload_id).exists():
@@ -443,16 +449,9 @@ class FileStorage:
         self._info_cache[info_path] = (key, info)
         return info
 
-    def _find_info(self, upload_id: str) -> str:
-        if not is_valid_upload_id(upload_id):
-            raise UploadNotFound(upload_id)
-        flat = os.path.join(self._root, upload_id + ".info")    # os.path: pathlib costs more per request
-        if os.path.exists(flat):
-            return flat
-        try:
-            target = os.readlink(self._index_path(upload_id))
-        except FileNotFoundError:
-            return flat
+    def _indexed_info(self, upload_id: str) -> str:
+        """The info file the index entry points at; FileNotFoundError if there is no entry."""
+        target = os.readlink(self._index_path(upload_id))
         resolved = (self._index_path(upload_id).parent / target).resolve()
         if not resolved.is_relative_to(self.directory.resolve()) or not resolved.name.endswith(".info"):
             raise UploadCorrupt(f"index entry of upload {upload_id} points outside the upload directory")
