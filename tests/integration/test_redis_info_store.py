@@ -97,6 +97,14 @@ def test_three_instances_on_a_shared_directory(start_server: StartServer, shared
     assert not (shared_dir / upload_id(url)).exists()
 
 
+def test_the_log_says_bodies_skip_direct_io_with_the_info_in_redis(start_server: StartServer, shared_dir: Path,
+                                                                    redis_url: str, redis_prefix: str) -> None:
+    server, = instances(start_server, shared_dir, redis_url, redis_prefix, 1)
+    lines = [line for line in server.log if "direct I/O (O_DIRECT) for large bodies" in line]
+    assert lines and lines[0].rstrip().endswith(": off (upload info in an info store: bodies are read by the "
+                                                 "event loop)"), "".join(server.log)
+
+
 def test_three_instances_on_s3(start_server: StartServer, shared_dir: Path, redis_url: str, redis_prefix: str,
                                moto_server: MotoServer, s3_bucket: str) -> None:
     servers = instances(start_server, shared_dir, redis_url, redis_prefix, 3, *s3_flags(s3_bucket),

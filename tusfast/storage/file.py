@@ -259,7 +259,12 @@ class FileStorage:
     def prepare(self) -> None:
         """Create the upload directory; called once at start-up, so a bad path fails loudly then."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.direct_io = DirectIO.choose(self.directory, self.direct_io_mode)
+        if self.infos is not None:
+            # Its fenced writers record progress between writes, on the event loop, so bodies take
+            # the loop's path: neither splice nor O_DIRECT.
+            self.direct_io = DirectIO(False, "upload info in an info store: bodies are read by the event loop")
+        else:
+            self.direct_io = DirectIO.choose(self.directory, self.direct_io_mode)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # Disk calls run off the event loop: one slow disk must not stall every connection.
