@@ -61,18 +61,15 @@ class DirectWriter(Protocol):
     def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
         """(fd, stored): `stored(offset, count)` is called after bytes land in fd by other means."""
 
-    def write_now(self, offset: int, data: Buffer) -> None:
-        """Blocking write, from a worker thread. Raises StorageError subclasses or OSError."""
-
     @property
     def direct_io(self) -> bool:
         """True when write_aligned bypasses the page cache (O_DIRECT): then reading a body into
         aligned buffers costs less than splicing it."""
 
     def write_aligned(self, offset: int, data: memoryview, last: bool = False) -> None:
-        """write_now for a buffer whose address is congruent to offset modulo
-        nativeio.DIRECT_IO_ALIGNMENT, as the body reader's buffers are. `last`: the body ends with
-        it, and the reply waits for it."""
+        """Blocking write, from a worker thread, of a buffer whose address is congruent to offset
+        modulo nativeio.DIRECT_IO_ALIGNMENT, as the body reader's buffers are. `last`: the body
+        ends with it, and the reply waits for it. Raises StorageError subclasses or OSError."""
 
 
 class Storage(Protocol):

@@ -143,12 +143,6 @@ class FileWriter:
     def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
         return self._fd, self.wrote
 
-    def write_now(self, offset: int, data: Buffer) -> None:
-        try:
-            self._write_paced([data], offset)
-        except OSError as exc:
-            raise self._failed(exc, offset) from exc
-
     def write_aligned(self, offset: int, data: memoryview, last: bool = False) -> None:
         """Blocking, from a worker thread; data's address is congruent to offset modulo ALIGN (as
         splice.read_body's parts are). With direct I/O the aligned middle goes straight to the
