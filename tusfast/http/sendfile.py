@@ -14,7 +14,10 @@ from .. import nativeio
 from .flow import FlowControl
 from .messages import FileBody, StreamBody
 
-MAX_SEND = 8 * 1024 * 1024
+# One sendfile holds the socket lock for its whole length, and ACKs that arrive meanwhile wait in
+# the backlog: 8 MiB calls (a full send buffer) let the sender stall on its own window. 256 KiB
+# calls drain the ACKs often; on loopback this moved a 1 GiB GET ~1.4x faster at ~0.7x the CPU.
+MAX_SEND = 256 * 1024
 TLS_CHUNK = 256 * 1024
 
 
