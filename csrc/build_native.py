@@ -23,6 +23,12 @@ int tf_write_back(int fd, int64_t offset, int64_t length);
 int64_t tf_copy_range(int src_fd, int64_t src_off, int dst_fd, int64_t dst_off, int64_t len);
 int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
 int64_t tf_splice_to_file(int sock, int pipe_r, int pipe_w, int file, int64_t offset, int64_t count);
+
+typedef struct tf_writer { ...; } tf_writer;
+int tf_writer_init(tf_writer *w);
+int tf_writer_start(tf_writer *w, int fd, const char *buf, size_t len, int64_t offset);
+ssize_t tf_writer_wait(tf_writer *w);
+int tf_writer_close(tf_writer *w);
 """
 
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
@@ -38,6 +44,7 @@ ffibuilder.set_source(
     include_dirs=["csrc"],
     depends=["csrc/tusfast_io.h"],
     extra_compile_args=CFLAGS,
+    libraries=["pthread"],
 )
 
 if __name__ == "__main__":

@@ -223,3 +223,103 @@ int64_t tf_splice_to_file(int sock, int pipe_r, int pipe_w, int file, int64_t of
     }
     return moved;
 }
+
+
+/* --- tf_writer: one write at a time in a helper thread ------------------------------------- */
+
+enum { TF_WRITER_IDLE, TF_WRITER_BUSY, TF_WRITER_DONE, TF_WRITER_CLOSING };
+
+/* Called with the lock held: every change of state may be what a waiter waits for. */
+static void writer_become(tf_writer *w, int state)
+{
+    w->state = state;
+    pthread_cond_broadcast(&w->changed);
+}
+
+static void *writer_main(void *arg)
+{
+    tf_writer *w = arg;
+
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->state != TF_WRITER_BUSY && w->state != TF_WRITER_CLOSING)
+            pthread_cond_wait(&w->changed, &w->lock);
+        if (w->state == TF_WRITER_CLOSING)
+            break;
+        pthread_mutex_unlock(&w->lock);
+        ssize_t result = tf_pwrite_all(w->fd, w->buf, w->len, w->offset);
+        pthread_mutex_lock(&w->lock);
+        w->result = result;
+        writer_become(w, TF_WRITER_DONE);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+int tf_writer_init(tf_writer *w)
+{
+    int rc;
+
+    w->state = TF_WRITER_IDLE;
+    w->result = 0;
+    if ((rc = pthread_mutex_init(&w->lock, NULL)) != 0)
+        return -rc;
+    if ((rc = pthread_cond_init(&w->changed, NULL)) != 0) {
+        pthread_mutex_destroy(&w->lock);
+        return -rc;
+    }
+    if ((rc = pthread_create(&w->thread, NULL, writer_main, w)) != 0) {
+        pthread_cond_destroy(&w->changed);
+        pthread_mutex_destroy(&w->lock);
+        return -rc;
+    }
+    return 0;
+}
+
+int tf_writer_start(tf_writer *w, int fd, const char *buf, size_t len, int64_t offset)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&w->lock);
+    if (w->state == TF_WRITER_IDLE) {
+        w->fd = fd;
+        w->buf = buf;
+        w->len = len;
+        w->offset = offset;
+        writer_become(w, TF_WRITER_BUSY);
+    } else {
+        rc = -EBUSY;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+ssize_t tf_writer_wait(tf_writer *w)
+{
+    ssize_t result;
+
+    pthread_mutex_lock(&w->lock);
+    while (w->state == TF_WRITER_BUSY)
+        pthread_cond_wait(&w->changed, &w->lock);
+    if (w->state == TF_WRITER_DONE) {
+        result = w->result;
+        w->state = TF_WRITER_IDLE;
+    } else {
+        result = -EINVAL;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return result;
+}
+
+int tf_writer_close(tf_writer *w)
+{
+    pthread_mutex_lock(&w->lock);
+    while (w->state == TF_WRITER_BUSY)
+        pthread_cond_wait(&w->changed, &w->lock);
+    writer_become(w, TF_WRITER_CLOSING);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->changed);
+    pthread_mutex_destroy(&w->lock);
+    return 0;
+}

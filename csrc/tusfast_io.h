@@ -5,7 +5,8 @@
  *
  * Conventions: every function returns >= 0 on success or -errno on failure.
  * There is no policy here (which errors to ignore is decided in Python, see
- * tusfast/nativeio.py) and nothing is allocated.  An offset of -1 means "the
+ * tusfast/nativeio.py) and nothing is allocated (a tf_writer's memory belongs
+ * to the caller).  An offset of -1 means "the
  * current file position" (write/writev instead of pwrite/pwritev), so pipes
  * and sockets, which reject pwrite with ESPIPE, can use the same loops.
  */
@@ -14,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -46,5 +48,35 @@ int64_t tf_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
  * or -errno. After an error storing into the file, the pipe may hold bytes: discard it, and learn
  * from the file's size what was stored. */
 int64_t tf_splice_to_file(int sock, int pipe_r, int pipe_w, int file, int64_t offset, int64_t count);
+
+/* A helper thread that runs one tf_pwrite_all at a time, so that its owner can go on (read the
+ * next buffer) while the device takes the previous one; it never touches Python, so it never
+ * waits for the GIL.  The fields are private: use the functions.  Start a write only when none
+ * is in flight, keep its buffer alive until tf_writer_wait returns, and stop the thread with
+ * tf_writer_close before freeing the struct. */
+typedef struct tf_writer {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int state;              /* TF_WRITER_IDLE, _BUSY (a job waits or runs), _DONE, _CLOSING */
+    int fd;
+    const char *buf;
+    size_t len;
+    int64_t offset;
+    ssize_t result;
+} tf_writer;
+
+/* Start the thread; returns 0 or -errno (then nothing needs closing). */
+int tf_writer_init(tf_writer *w);
+
+/* Hand the thread tf_pwrite_all(fd, buf, len, offset); returns 0, or -EBUSY if a write is in flight
+ * or not yet waited for. */
+int tf_writer_start(tf_writer *w, int fd, const char *buf, size_t len, int64_t offset);
+
+/* Wait for the started write; returns its tf_pwrite_all result, or -EINVAL if none was started. */
+ssize_t tf_writer_wait(tf_writer *w);
+
+/* Wait for a write in flight, stop the thread and release its resources; returns 0. */
+int tf_writer_close(tf_writer *w);
 
 #endif /* TUSFAST_IO_H */

@@ -15,6 +15,10 @@ at both ends: its offsets and length must be >= 0.
 copy_range_all copies inside the kernel with copy_file_range(2) (a reflink
 on XFS or btrfs); where the kernel refuses (other file system, old kernel,
 file type) both implementations carry on with the same read/write loop.
+
+``BackgroundWriter`` (C only; ``background_writer()`` is None without the
+extension) runs one pwrite_all at a time in a helper thread that never needs
+the GIL, so a body's reader can fill its next buffer meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 __all__ = [
+    "BackgroundWriter",
     "HAVE_NATIVE",
     "IMPLEMENTATION",
     "IMPLEMENTATIONS",
@@ -36,6 +41,7 @@ __all__ = [
     "PurePythonIO",
     "DIRECT_IO_ALIGNMENT",
     "aligned_buffer",
+    "background_writer",
     "copy_range_all",
     "fdatasync",
     "pwrite_all",
@@ -427,6 +433,58 @@ class NativeIO:
         if rc < 0:
             raise SpliceError(-rc, file, offset)
         return int(rc)
+
+
+class BackgroundWriter:
+    """One pwrite_all at a time in a C helper thread (tf_writer), so the caller can go on while the
+    device takes the bytes: start, do other work, wait. The helper never needs the GIL, which a
+    Python thread would take back after every write. Only with the C extension: see background_writer."""
+
+    def __init__(self) -> None:
+        self._writer = _ffi.new("tf_writer *")
+        _native_check(_lib.tf_writer_init(self._writer))
+        self._held: Any = None      # the buffer in flight, exported until waited for
+        self._closed = False
+
+    def start(self, fd: int, data: Buffer, offset: int) -> None:
+        """Begin pwrite_all(fd, data, offset). data must stay unchanged until wait returns. Raises
+        OSError (EBUSY: a write was started and not waited for)."""
+        if self._closed:
+            raise ValueError("BackgroundWriter is closed")
+        held = _ffi.from_buffer(data)
+        rc = _lib.tf_writer_start(self._writer, fd, held, len(held), offset)
+        if rc < 0:
+            _ffi.release(held)
+            raise _oserror(-rc)
+        self._held = held
+
+    def wait(self) -> int:
+        """The started write's result: len(data), or the OSError pwrite_all would raise."""
+        try:
+            return _native_check(_lib.tf_writer_wait(self._writer))
+        finally:
+            held, self._held = self._held, None
+            if held is not None:
+                _ffi.release(held)
+
+    def close(self) -> None:
+        """Wait for a write in flight, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            _lib.tf_writer_close(self._writer)
+            held, self._held = self._held, None
+            if held is not None:
+                _ffi.release(held)
+
+    def __del__(self) -> None:
+        # The thread uses this object's memory: it must stop before the memory goes.
+        if hasattr(self, "_closed"):
+            self.close()
+
+
+def background_writer() -> BackgroundWriter | None:
+    """A BackgroundWriter, or None without the C extension (then write in the calling thread)."""
+    return BackgroundWriter() if _active is NativeIO else None
 
 
 _Implementation = type[NativeIO] | type[PurePythonIO]

@@ -861,3 +861,66 @@ def test_sendfile_some_retries_eintr(impl: Impl, tmp_path: Path) -> None:
     assert handled == [signal.SIGUSR1]
     assert 0 < result <= len(data)
     assert received == b"P" * prefix + data[:result]
+
+
+# --- BackgroundWriter --------------------------------------------------------------------
+
+
+@pytest.fixture
+def background() -> Iterator[nativeio.BackgroundWriter]:
+    _get_impl("native")
+    writer = nativeio.BackgroundWriter()
+    yield writer
+    writer.close()
+
+
+def test_background_writer_writes_while_the_caller_goes_on(background: nativeio.BackgroundWriter, fd: int) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    for round_ in range(3):                 # one thread, many writes
+        background.start(fd, data, round_ * len(data))
+        assert background.wait() == len(data)
+    assert read_all(fd) == data * 3
+
+
+def test_background_writer_reports_the_write_error_at_wait(background: nativeio.BackgroundWriter,
+                                                           tmp_path: Path) -> None:
+    background.start(closed_fd(tmp_path), b"abc", 0)
+    with pytest.raises(OSError) as raised:
+        background.wait()
+    assert raised.value.errno == errno.EBADF
+
+
+def test_background_writer_takes_one_write_at_a_time(background: nativeio.BackgroundWriter, fd: int) -> None:
+    with pytest.raises(OSError) as nothing_started:
+        background.wait()
+    assert nothing_started.value.errno == errno.EINVAL
+    background.start(fd, b"first", 0)
+    with pytest.raises(OSError) as busy:
+        background.start(fd, b"second", 5)
+    assert busy.value.errno == errno.EBUSY
+    assert background.wait() == 5 and read_all(fd) == b"first"
+
+
+def test_background_writer_close_waits_for_the_write_in_flight(fd: int) -> None:
+    _get_impl("native")
+    writer = nativeio.BackgroundWriter()
+    data = os.urandom(8 * 1024 * 1024)
+    writer.start(fd, data, 0)
+    writer.close()
+    writer.close()                          # twice is fine
+    assert read_all(fd) == data
+    with pytest.raises(ValueError):
+        writer.start(fd, b"x", 0)
+
+
+def test_background_writer_releases_the_buffer_after_wait(background: nativeio.BackgroundWriter, fd: int) -> None:
+    data = bytearray(b"resizable")
+    background.start(fd, data, 0)
+    background.wait()
+    data += b" again"                       # a buffer still exported could not be resized
+    assert read_all(fd) == b"resizable"
+
+
+def test_no_background_writer_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nativeio, "_active", nativeio.PurePythonIO)
+    assert nativeio.background_writer() is None
