@@ -312,3 +312,68 @@ def test_a_failing_consumer_stops_the_body(pair: tuple[socket.socket, socket.soc
     client.close()
     sender.join()
     assert max(calls) == 2 * MiB                # nothing consumed after the failure
+
+
+def test_a_consumer_that_finishes_later_keeps_its_buffer_until_finished(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """A consumer may return a function (a write still in flight): the next part fills the other
+    buffer, the function runs before the next part is consumed and before the body ends, and
+    progress counts a part only once its function ran."""
+    client, server = pair
+    body = random.Random(11).randbytes(9 * MiB + 17)
+    parts = Parts(phase=5)
+    kinds: list[str] = []
+    unfinished: dict[int, bytes] = {}
+    finished_ends = {0}
+    early_reports: list[int] = []
+
+    def consume(part: memoryview, position: int) -> splice.Finish:
+        assert not unfinished, "the previous part was finished first"
+        kinds.append("consume")
+        unfinished[position] = bytes(part)
+
+        def finish() -> None:
+            time.sleep(0.005)
+            assert bytes(part) == unfinished.pop(position), "the buffer stayed untouched"
+            kinds.append("finish")
+            parts.consume(part, position)
+            finished_ends.add(position + len(part))
+        return finish
+
+    async def progress(stored: int) -> None:
+        if stored not in finished_ends:
+            early_reports.append(stored)
+    sender = send_later(client, body)
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), len(body), consume, 10, cancelled,
+                                      splice.Reporting(progress, 0.001), phase=5)
+    assert asyncio.run(read()) == len(body)
+    sender.join()
+    assert bytes(parts.data) == body and parts.misaligned == 0 and not unfinished
+    assert kinds == ["consume", "finish"] * (len(kinds) // 2) and len(kinds) >= 8
+    assert early_reports == [], "progress never counts a part that is still in flight"
+
+
+def test_a_failed_finish_stops_the_body(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    calls: list[int] = []
+
+    def consume(part: memoryview, position: int) -> splice.Finish:
+        calls.append(position)
+
+        def finish() -> None:
+            if position >= 2 * MiB:
+                raise OSError(28, "No space left on device")
+        return finish
+    sender = send_later(client, bytes(8 * MiB))
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), 8 * MiB, consume, 10, cancelled)
+    with pytest.raises(OSError, match="No space"):
+        asyncio.run(read())
+    client.close()
+    sender.join()
+    assert max(calls) <= 4 * MiB                # at most the part after the failed one was begun

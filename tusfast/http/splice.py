@@ -48,7 +48,11 @@ _free_buffers: list[memoryview] = []
 _free_lock = threading.Lock()
 
 Stored = Callable[[int, int], None]     # (offset, count) -> None, called in the worker thread
-Consume = Callable[[memoryview, int], None]     # (bytes, their position in the body), in the worker thread
+# (bytes, their position in the body), in a worker thread. A consumer that returns a function has
+# not finished with the bytes: the buffer stays untouched until that function has run (it is called
+# before the next part is consumed, and before the body's end is reported).
+Finish = Callable[[], None]
+Consume = Callable[[memoryview, int], Finish | None]
 Progress = Callable[[int], Awaitable[None]]     # (body bytes stored so far), on the event loop
 
 
@@ -285,7 +289,8 @@ class _Reading(_Transfer):
     """A body read in steps into a buffer: the prefix still to hand out, the bytes held (until the
     buffer is full, the body ends or the client pauses). With
     `overlap`, a full buffer is consumed in another thread while the next one fills (for consumers
-    that cost CPU, such as hashing); parts are still consumed one at a time, in order."""
+    that cost CPU, such as hashing); a consumer that finishes a part later (see Consume) gets the
+    same without the thread. Parts are still consumed one at a time, in order."""
 
     def __init__(self, consume: Consume, phase: int, prefix: Sequence[Buffer], overlap: bool = False) -> None:
         self._consume = consume
@@ -296,7 +301,9 @@ class _Reading(_Transfer):
         self._held = [memoryview(part).cast("B") for part in prefix if len(part)]
         self._buffers: list[memoryview] = []    # the one filling first; with overlap, a spare
         self._begin = self._filled = 0      # the filling buffer's bytes are [begin, filled)
-        self._pending: Future[None] | None = None   # the other buffer's consumption
+        # The other buffer's consumption: in another thread (overlap), or finishing later (a
+        # consumer that returned a function, with the body position it consumes up to).
+        self._pending: Future[None] | tuple[Finish, int] | None = None
 
     def stored(self, moved: int) -> int:
         return self._consumed
@@ -335,26 +342,35 @@ class _Reading(_Transfer):
         if self._filled > self._begin:
             part, position = self._buffers[0][self._begin:self._filled], self._position
             self._position += len(part)
+            self._wait()
             if self._overlap:
-                self._wait()
                 self._pending = _consumers.submit(self._consume_part, part, position)
+            elif (finish := self._consume(part, position)) is not None:
+                self._pending = (finish, position + len(part))
+            else:
+                self._consumed = position + len(part)
+            if self._pending is not None:       # the next part goes to the other buffer
                 if len(self._buffers) == 1:
                     self._buffers.append(_take_buffer())
                 self._buffers.reverse()
-            else:
-                self._consume_part(part, position)
         self._begin = self._filled = 0
         if final:
             self._wait()
 
     def _consume_part(self, part: memoryview, position: int) -> None:
-        self._consume(part, position)
+        finish = self._consume(part, position)
+        if finish is not None:
+            finish()
         self._consumed = position + len(part)
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
-        if pending is not None:
+        if isinstance(pending, Future):
             pending.result()
+        elif pending is not None:
+            finish, consumed = pending
+            finish()
+            self._consumed = consumed
 
     def _filling(self) -> memoryview:
         if not self._buffers:
@@ -365,10 +381,18 @@ class _Reading(_Transfer):
         """Back to the pool, once no thread uses the buffers any more."""
         buffers, self._buffers = self._buffers, []
         pending = self._pending
-        if pending is not None and not pending.done():
+        if isinstance(pending, Future) and not pending.done():
             pending.add_done_callback(lambda _: _give_back(buffers))
-        else:
-            _give_back(buffers)
+            return
+        if isinstance(pending, tuple):
+            # Reading failed while a write was still taking the other buffer (every normal end
+            # waits for it): wait here, a buffer's write at most. Its error adds nothing to the one
+            # being reported, and the offset reported counts only bytes known to be written.
+            try:
+                self._wait()
+            except Exception:
+                pass
+        _give_back(buffers)
 
 
 def _take_buffer() -> memoryview:
