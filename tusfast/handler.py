@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import AsyncIterator, Awaitable, Callable, Sequence, cast
 
 from .core import protocol as tus
@@ -495,12 +496,24 @@ class TusHandler:
         end = start + sum(len(part) for part in prefix) + body.unread
         written = 0
 
-        def consume(part: memoryview, position: int) -> None:
+        def settle(finish: Callable[[], None], position: int, length: int) -> None:
+            nonlocal written
+            try:
+                finish()
+            except StorageFull as full:
+                written = position + full.stored
+                raise
+            written = position + length
+
+        def consume(part: memoryview, position: int) -> Callable[[], None] | None:
             nonlocal written
             last = start + position + len(part) == end
             try:
                 if checksum is None:
-                    direct.write_aligned(start + position, part, last)
+                    # Behind: the reader fills the next buffer while the disk takes this one.
+                    finish = direct.write_aligned(start + position, part, last, behind=not last)
+                    if finish is not None:
+                        return partial(settle, finish, position, len(part))
                 else:
                     # Write in a second thread while this one hashes: both release the GIL, so a
                     # buffer costs max(hash, write) instead of their sum.
@@ -511,6 +524,7 @@ class TusHandler:
                 written = position + full.stored
                 raise
             written = position + len(part)
+            return None
 
         reporting = progress.reporting(start)      # the reader reports what it consumed, prefix included
         failed: ErrorKind | None = None

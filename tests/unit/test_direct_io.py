@@ -210,3 +210,72 @@ def resident_pages(path: Path, offset: int, length: int) -> int:
     finally:
         os.close(fd)
     return sum(page & 1 for page in pages)
+
+
+def writes_behind(storage: FileStorage) -> bool:
+    return storage.direct_io.enabled and nativeio.HAVE_NATIVE
+
+
+def test_a_body_written_behind_lands_whole(storage: FileStorage) -> None:
+    """As the handler feeds it: each part but the last may still be on its way to the disk when
+    write_aligned returns; its function is called before the next part is written."""
+    rng = random.Random(8)
+    start, size, part = 12_345, 7 * MiB + 77, 2 * MiB
+    data = rng.randbytes(size)
+    writer = open_writer(storage)
+    run(writer.write(0, [bytes(start)]))
+    position, first, deferred = 0, part - start % ALIGN, 0
+    finish = None
+    while position < size:
+        count = min(first if position == 0 else part, size - position)
+        last = position + count == size
+        buffer = aligned_copy(data[position:position + count], start + position)
+        if finish is not None:
+            finish()
+        finish = writer.write_aligned(start + position, buffer, last, behind=not last)
+        deferred += finish is not None
+        position += count
+    assert finish is None                   # the last part is written before the reply
+    assert os.fstat(writer._fd).st_size == start + size
+    run(writer.close(durable=True))
+    assert (storage.directory / ID).read_bytes() == bytes(start) + data
+    assert deferred == (3 if writes_behind(storage) else 0)
+
+
+def test_one_write_behind_at_a_time_per_process(storage: FileStorage) -> None:
+    """While one body's write is in flight the disk is busy: another body writes in its own thread."""
+    if not writes_behind(storage):
+        pytest.skip("writes behind need O_DIRECT and the C extension")
+    first = open_writer(storage)
+    other = run(storage.open_writer(run(storage.create(UploadInfo("f" * 32, 64 * MiB)))))
+    assert isinstance(other, FileWriter)
+    a, b, c = (aligned_copy(bytes([n]) * MiB, 0) for n in (1, 2, 3))
+    finish = first.write_aligned(0, a, behind=True)
+    assert finish is not None
+    assert other.write_aligned(0, b, behind=True) is None       # written at once instead
+    assert os.fstat(other._fd).st_size == MiB
+    finish()
+    again = other.write_aligned(MiB, c, behind=True)             # lent again once given back
+    assert again is not None
+    again()
+    run(first.close(durable=True))
+    run(other.close(durable=True))
+    assert (storage.directory / ID).read_bytes() == bytes(a)
+    assert (storage.directory / ("f" * 32)).read_bytes() == bytes(b) + bytes(c)
+
+
+def test_a_write_behind_that_fails_raises_when_finished(storage: FileStorage) -> None:
+    if not writes_behind(storage):
+        pytest.skip("writes behind need O_DIRECT and the C extension")
+    writer = open_writer(storage)
+    finish = writer.write_aligned(0, aligned_copy(b"x" * MiB, 0), behind=True)
+    assert finish is not None
+    finish()
+    os.close(writer._direct_fd)             # the next write to it fails (EBADF)
+    failing = writer.write_aligned(MiB, aligned_copy(b"y" * MiB, MiB), behind=True)
+    assert failing is not None
+    with pytest.raises(OSError):
+        failing()
+    writer._direct_fd = -1
+    assert os.fstat(writer._fd).st_size == MiB      # nothing claimed that was not written
+    run(writer.close(durable=True))

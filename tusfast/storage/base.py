@@ -66,10 +66,13 @@ class DirectWriter(Protocol):
         """True when write_aligned bypasses the page cache (O_DIRECT): then reading a body into
         aligned buffers costs less than splicing it."""
 
-    def write_aligned(self, offset: int, data: memoryview, last: bool = False) -> None:
+    def write_aligned(self, offset: int, data: memoryview, last: bool = False,
+                      behind: bool = False) -> Callable[[], None] | None:
         """Blocking write, from a worker thread, of a buffer whose address is congruent to offset
         modulo nativeio.DIRECT_IO_ALIGNMENT, as the body reader's buffers are. `last`: the body
-        ends with it, and the reply waits for it. Raises StorageError subclasses or OSError."""
+        ends with it, and the reply waits for it. Raises StorageError subclasses or OSError.
+        `behind`: the writer may return before the bytes are written, with a function that
+        finishes the write (and raises what this would have); data must not change until then."""
 
 
 class Storage(Protocol):

@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -110,6 +111,47 @@ def _takes_direct_writes(directory: Path) -> bool:
         path.unlink(missing_ok=True)
 
 
+class _WriteBehind:
+    """Helper threads that let a body's reader go on while the device takes its previous buffer.
+    One is lent at a time per process: while another body's O_DIRECT write is in flight the disk
+    is busy anyway, and with many bodies (scenario 3 of the benchmarks) a second buffer and thread
+    per body only cost CPU and memory."""
+
+    IDLE_KEPT = 4
+
+    def __init__(self) -> None:
+        self._idle: list[nativeio.BackgroundWriter] = []
+        self._lent = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> nativeio.BackgroundWriter | None:
+        with self._lock:
+            if self._lent:
+                return None
+            self._lent += 1
+            if self._idle:
+                return self._idle.pop()
+        try:
+            writer = nativeio.background_writer()
+        except OSError:
+            writer = None       # no thread to be had: write in the calling thread
+        if writer is None:
+            with self._lock:
+                self._lent -= 1
+        return writer
+
+    def give_back(self, writer: nativeio.BackgroundWriter) -> None:
+        with self._lock:
+            self._lent -= 1
+            if len(self._idle) < self.IDLE_KEPT:
+                self._idle.append(writer)
+                return
+        writer.close()
+
+
+_WRITE_BEHIND = _WriteBehind()
+
+
 class FileWriter:
     def __init__(self, fd: int, run: Callable[..., Any], staged_marker: str | None = None,
                  start: int = 0, write_back: bool = True, direct: tuple[DirectIO, str] | None = None) -> None:
@@ -143,25 +185,53 @@ class FileWriter:
     def splice_target(self) -> tuple[int, Callable[[int, int], None]]:
         return self._fd, self.wrote
 
-    def write_aligned(self, offset: int, data: memoryview, last: bool = False) -> None:
+    def write_aligned(self, offset: int, data: memoryview, last: bool = False,
+                      behind: bool = False) -> Callable[[], None] | None:
         """Blocking, from a worker thread; data's address is congruent to offset modulo ALIGN (as
         splice.read_body's parts are). With direct I/O the aligned middle goes straight to the
         disk, and only the ragged edges (under a page each) pass through the page cache. The
         `last` part of a body goes through the page cache (and its write-back windows): the reply
-        waits for it, and need not wait for the device (durability is --fsync's business)."""
+        waits for it, and need not wait for the device (durability is --fsync's business).
+        `behind`: the middle may still be on its way to the disk when this returns (see
+        _WriteBehind); then the returned function waits for it, writes the tail and raises what
+        this would have. Until it has run, data must not change."""
         head = min(len(data), -offset % ALIGN)
         middle = (len(data) - head) // ALIGN * ALIGN
         try:
             direct_fd = self._open_direct() if middle and not last else -1
             if direct_fd < 0:
-                return self._write_paced([data], offset)
+                self._write_paced([data], offset)
+                return None
             if head:
                 nativeio.pwrite_all(self._fd, data[:head], offset)
-            self._write_direct(direct_fd, data[head:head + middle], offset + head)
-            if head + middle < len(data):
-                nativeio.pwrite_all(self._fd, data[head + middle:], offset + head + middle)
+            writer = _WRITE_BEHIND.take() if behind else None
+            if writer is None:
+                self._write_direct(direct_fd, data[head:head + middle], offset + head)
+                self._write_tail(data, offset, head + middle)
+                return None
+            writer.start(direct_fd, data[head:head + middle], offset + head)
         except OSError as exc:
             raise self._failed(exc, offset) from exc
+        return partial(self._finish_behind, writer, data, offset, head, middle)
+
+    def _finish_behind(self, writer: nativeio.BackgroundWriter, data: memoryview, offset: int,
+                       head: int, middle: int) -> None:
+        try:
+            try:
+                writer.wait()
+            except OSError as exc:
+                self._direct_failed(exc, data[head:head + middle], offset + head)
+            else:
+                self._direct_written(offset + head + middle)
+            finally:
+                _WRITE_BEHIND.give_back(writer)
+            self._write_tail(data, offset, head + middle)
+        except OSError as exc:
+            raise self._failed(exc, offset) from exc
+
+    def _write_tail(self, data: memoryview, offset: int, done: int) -> None:
+        if done < len(data):
+            nativeio.pwrite_all(self._fd, data[done:], offset + done)
 
     def _open_direct(self) -> int:
         if self._direct_fd < 0 and self.direct_io:
@@ -178,13 +248,20 @@ class FileWriter:
         try:
             nativeio.pwrite_all(direct_fd, data, offset)
         except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            assert self._direct is not None
-            self._direct[0].refused(exc)        # nothing was written: write it the other way
-            self._write_paced([data], offset)
+            self._direct_failed(exc, data, offset)
             return
-        end = offset + len(data)                # the page cache holds none of it: nothing to write back
+        self._direct_written(offset + len(data))
+
+    def _direct_failed(self, exc: OSError, data: memoryview, offset: int) -> None:
+        """EINVAL: the file system refused O_DIRECT and nothing was written: write it the other way."""
+        if exc.errno != errno.EINVAL:
+            raise exc
+        assert self._direct is not None
+        self._direct[0].refused(exc)
+        self._write_paced([data], offset)
+
+    def _direct_written(self, end: int) -> None:
+        # The page cache holds none of it: nothing to write back.
         self._window = max(self._window, end - end % WRITE_BACK_WINDOW)
 
     def _failed(self, exc: OSError, offset: int) -> Exception:
