@@ -205,14 +205,22 @@ class FileWriter:
             if head:
                 nativeio.pwrite_all(self._fd, data[:head], offset)
             writer = _WRITE_BEHIND.take() if behind else None
-            if writer is None:
-                self._write_direct(direct_fd, data[head:head + middle], offset + head)
-                self._write_tail(data, offset, head + middle)
-                return None
-            writer.start(direct_fd, data[head:head + middle], offset + head)
+            if writer is not None:
+                self._start_behind(writer, direct_fd, data[head:head + middle], offset + head)
+                return partial(self._finish_behind, writer, data, offset, head, middle)
+            self._write_direct(direct_fd, data[head:head + middle], offset + head)
+            self._write_tail(data, offset, head + middle)
+            return None
         except OSError as exc:
             raise self._failed(exc, offset) from exc
-        return partial(self._finish_behind, writer, data, offset, head, middle)
+
+    @staticmethod
+    def _start_behind(writer: nativeio.BackgroundWriter, direct_fd: int, data: memoryview, offset: int) -> None:
+        try:
+            writer.start(direct_fd, data, offset)
+        except BaseException:
+            _WRITE_BEHIND.give_back(writer)     # not lent out for good
+            raise
 
     def _finish_behind(self, writer: nativeio.BackgroundWriter, data: memoryview, offset: int,
                        head: int, middle: int) -> None:
