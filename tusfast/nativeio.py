@@ -453,7 +453,7 @@ class BackgroundWriter:
             raise ValueError("BackgroundWriter is closed")
         held = _ffi.from_buffer(data)
         rc = _lib.tf_writer_start(self._writer, fd, held, len(held), offset)
-        if rc < 0:
+        if rc < 0:      # not started: a write in flight keeps its own buffer
             _ffi.release(held)
             raise _oserror(-rc)
         self._held = held
@@ -463,18 +463,20 @@ class BackgroundWriter:
         try:
             return _native_check(_lib.tf_writer_wait(self._writer))
         finally:
-            held, self._held = self._held, None
-            if held is not None:
-                _ffi.release(held)
+            self._let_go()
 
     def close(self) -> None:
         """Wait for a write in flight, then stop the thread."""
         if not self._closed:
             self._closed = True
             _lib.tf_writer_close(self._writer)
-            held, self._held = self._held, None
-            if held is not None:
-                _ffi.release(held)
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """End the export of the buffer (once the thread is done with it)."""
+        held, self._held = self._held, None
+        if held is not None:
+            _ffi.release(held)
 
     def __del__(self) -> None:
         # The thread uses this object's memory: it must stop before the memory goes.
