@@ -924,3 +924,54 @@ def test_background_writer_releases_the_buffer_after_wait(background: nativeio.B
 def test_no_background_writer_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nativeio, "_active", nativeio.PurePythonIO)
     assert nativeio.background_writer() is None
+
+
+def _address(buffer: memoryview) -> int:
+    import ctypes
+    anchor = ctypes.c_char.from_buffer(buffer)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds address (from /proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.parametrize("size", [4096, 3 * 4096, nativeio.HUGE_PAGE, 3 * nativeio.HUGE_PAGE])
+def test_aligned_buffer_is_zeroed_writable_and_page_aligned(size: int) -> None:
+    buffer = nativeio.aligned_buffer(size)
+    assert len(buffer) == size and not buffer.readonly and buffer.format == "B"
+    assert _address(buffer) % nativeio.DIRECT_IO_ALIGNMENT == 0
+    assert bytes(buffer) == bytes(size)
+    buffer[-1] = 7
+    assert buffer[-1] == 7
+
+
+def test_aligned_buffers_of_huge_page_multiples_ask_for_huge_pages() -> None:
+    buffer = nativeio.aligned_buffer(2 * nativeio.HUGE_PAGE)
+    address = _address(buffer)
+    assert address % nativeio.HUGE_PAGE == 0
+    # MADV_HUGEPAGE marks the mapping "hg"; whether the kernel finds huge pages is its own matter.
+    assert "hg" in _vm_flags(address) and "hg" in _vm_flags(address + len(buffer) - 1)
+    assert "sh" not in _vm_flags(address)      # a shared mapping would get no transparent huge pages
+
+
+def test_aligned_buffers_are_private_to_the_process() -> None:
+    buffer = nativeio.aligned_buffer(nativeio.HUGE_PAGE)
+    pid = os.fork()
+    if pid == 0:
+        buffer[0] = 1
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert buffer[0] == 0
