@@ -958,6 +958,8 @@ def test_aligned_buffer_is_zeroed_writable_and_page_aligned(size: int) -> None:
     assert buffer[-1] == 7
 
 
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists(),
+                    reason="this kernel has no transparent huge pages")
 def test_aligned_buffers_of_huge_page_multiples_ask_for_huge_pages() -> None:
     buffer = nativeio.aligned_buffer(2 * nativeio.HUGE_PAGE)
     address = _address(buffer)
