@@ -112,41 +112,37 @@ def _takes_direct_writes(directory: Path) -> bool:
 
 
 class _WriteBehind:
-    """Helper threads that let a body's reader go on while the device takes its previous buffer.
-    One is lent at a time per process: while another body's O_DIRECT write is in flight the disk
-    is busy anyway, and with many bodies (scenario 3 of the benchmarks) a second buffer and thread
-    per body only cost CPU and memory."""
-
-    IDLE_KEPT = 4
+    """The helper thread that lets a body's reader go on while the device takes its previous
+    buffer. It is lent to one body at a time per process: while another body's O_DIRECT write is
+    in flight the disk is busy anyway, and with many bodies (scenario 3 of the benchmarks) a second
+    buffer and thread per body only cost CPU and memory. Bodies that find it lent write in their
+    own thread."""
 
     def __init__(self) -> None:
-        self._idle: list[nativeio.BackgroundWriter] = []
-        self._lent = 0
+        self._writer: nativeio.BackgroundWriter | None = None     # started once, kept while not lent
+        self._lent = False
         self._lock = threading.Lock()
 
     def take(self) -> nativeio.BackgroundWriter | None:
         with self._lock:
             if self._lent:
                 return None
-            self._lent += 1
-            if self._idle:
-                return self._idle.pop()
-        try:
-            writer = nativeio.background_writer()
-        except OSError:
-            writer = None       # no thread to be had: write in the calling thread
+            self._lent = True
+            writer, self._writer = self._writer, None
+        if writer is None:
+            try:
+                writer = nativeio.background_writer()
+            except OSError:
+                writer = None       # no thread to be had: write in the calling thread
         if writer is None:
             with self._lock:
-                self._lent -= 1
+                self._lent = False
         return writer
 
     def give_back(self, writer: nativeio.BackgroundWriter) -> None:
         with self._lock:
-            self._lent -= 1
-            if len(self._idle) < self.IDLE_KEPT:
-                self._idle.append(writer)
-                return
-        writer.close()
+            self._lent = False
+            self._writer = writer
 
 
 _WRITE_BEHIND = _WriteBehind()
