@@ -522,8 +522,8 @@ def aligned_buffer(size: int) -> memoryview:
     transparent huge pages: an O_DIRECT write pins one page instead of 512, and reading into the
     buffer misses the TLB less (scenario 2 of the benchmarks: about 20% more MB/s, 5-10% less CPU).
     Where the kernel gives no huge pages the buffer works the same on small ones."""
-    if size <= 0 or size % HUGE_PAGE:
-        return memoryview(mmap.mmap(-1, max(size, 1), flags=_PRIVATE))[:size]
+    if size <= 0 or size % HUGE_PAGE:     # mmap refuses an empty or negative size, as before
+        return memoryview(mmap.mmap(-1, size, flags=_PRIVATE))
     # Only the aligned part is ever touched, so the spare HUGE_PAGE costs address space, not memory.
     region = mmap.mmap(-1, size + HUGE_PAGE, flags=_PRIVATE)
     skip = -_address(region) % HUGE_PAGE
