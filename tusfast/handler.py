@@ -164,6 +164,7 @@ class TusHandler:
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.monotonic()
         failed_hook: str | None = None
+        intent: tus.Intent | None = None
         try:
             head = RequestHead.parse(request.method, request.target, request.headers, request.scheme,
                                      request.body_size)
@@ -189,15 +190,18 @@ class TusHandler:
         self._metrics.request_done(request.method, reply.status, elapsed)
         response = self._respond(reply, request)
         self._access.record(request.method, request.target, reply.status, request.body.received,
-                            response.body_length, elapsed, self._upload_id_of(request.target, reply),
-                            request.client, dict(request.headers))
+                            response.body_length, elapsed, self._upload_id_of(request.target, reply, intent),
+                            request.client, request.headers)
         return response
 
-    def _upload_id_of(self, target: str, reply: Reply) -> str:
-        """The upload a request was about: from its URL, or from the Location of a creation."""
+    def _upload_id_of(self, target: str, reply: Reply, intent: tus.Intent | None) -> str:
+        """The upload a request was about: from the Location of a creation, or from its URL."""
         location = next((value for name, value in reply.headers if name == "Location"), None)
         if location is not None:
             return location.rsplit("/", 1)[-1]
+        known: str | None = getattr(intent, "upload_id", None)     # the URL, already resolved
+        if known is not None:
+            return known
         try:
             return tus.resolve_target(target.split("?", 1)[0], self.settings)[1]
         except TusError:

@@ -13,10 +13,12 @@ A request goes through three steps, each a pure function of its inputs:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from enum import Enum
+from functools import lru_cache
 from typing import Callable, Mapping, Sequence, Union
 
 from .checksum import ALGORITHMS, Checksum
@@ -515,7 +517,13 @@ def check_not_expired(info: UploadInfo, settings: ProtocolSettings, now: float) 
 
 def http_date(timestamp: float) -> str:
     """IMF-fixdate, e.g. `Wed, 25 Jun 2014 16:00:00 GMT`."""
-    return formatdate(timestamp, usegmt=True)
+    return _http_date_of_second(math.floor(timestamp))
+
+
+@lru_cache(maxsize=256)
+def _http_date_of_second(second: int) -> str:
+    # Cached: every PATCH answers with an Upload-Expires, and the date has whole seconds only.
+    return formatdate(second, usegmt=True)
 
 
 def _expires_header(info: UploadInfo, settings: ProtocolSettings) -> Headers:
