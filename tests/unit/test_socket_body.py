@@ -49,6 +49,7 @@ class Parts:
         self.phase = phase
         self.data = bytearray()
         self.misaligned = 0
+        self.sizes: list[int] = []
 
     def consume(self, part: memoryview, position: int) -> None:
         assert position == len(self.data), "parts come in order, back to back"
@@ -56,6 +57,7 @@ class Parts:
         if address % splice.ALIGN != (self.phase + position) % splice.ALIGN:
             self.misaligned += 1
         self.data += part
+        self.sizes.append(len(part))
 
 
 def _address(view: memoryview) -> int:
@@ -80,6 +82,28 @@ def test_read_body_hands_out_aligned_parts_prefix_first(pair: tuple[socket.socke
     assert moved == len(rest)                   # the prefix is not the socket's
     assert bytes(parts.data) == b"".join(prefix) + rest
     assert parts.misaligned == 0
+
+
+@pytest.mark.parametrize("size", [MiB + 5, 5 * MiB + 3])
+def test_the_last_part_of_a_body_is_small(pair: tuple[socket.socket, socket.socket], size: int) -> None:
+    """The reply waits for the last part (it is written through the page cache): all but FINAL_PART
+    of the last buffer is handed out first, as a part that ends on an alignment boundary."""
+    client, server = pair
+    rest = random.Random(size).randbytes(size)
+    prefix = [rest[:20_000]]
+    parts = Parts(phase=777)
+    sender = send_later(client, rest[20_000:], pause=0.05)
+
+    async def read() -> int:
+        cancelled = asyncio.get_running_loop().create_future()
+        return await splice.read_body(server.fileno(), size - 20_000, parts.consume, 5, cancelled,
+                                      phase=777, prefix=prefix)
+    asyncio.run(read())
+    sender.join()
+    assert bytes(parts.data) == rest
+    assert parts.misaligned == 0
+    assert len(parts.sizes) >= 2 and parts.sizes[-1] < splice.FINAL_PART + splice.ALIGN
+    assert (777 + size - parts.sizes[-1]) % splice.ALIGN == 0
 
 
 def test_splice_body_stores_the_body_at_its_offset(pair: tuple[socket.socket, socket.socket],

@@ -34,6 +34,7 @@ CALL = 8 * 1024 * 1024          # bytes per splice call: an abort is noticed at 
 PIPE_SIZE = 1024 * 1024
 BUFFER_SIZE = 2 * 1024 * 1024   # per body (two with overlap), page-aligned, from a pool
 ALIGN = nativeio.DIRECT_IO_ALIGNMENT
+FINAL_PART = 256 * 1024         # see _Reading._part_end
 MIN_SPLICE = 256 * 1024         # smaller bodies are cheaper through the ordinary path
 POOLED_BUFFERS = 64             # free buffers kept for reuse; more are let go
 # A client that resets its connection mid-body ends the body as a close does: not a storage
@@ -317,13 +318,14 @@ class _Reading(_Transfer):
             if self._filled == self._begin == 0:
                 self._begin = self._filled = (self._phase + self._position) % ALIGN
             self._filled = _copy_held(self._held, buffer, self._filled, len(buffer))
+            limit = self._part_end(len(buffer), most - moved)
             before = self._filled
-            self._filled, reason = _fill(sock, buffer, self._filled, self._filled + min(len(buffer) - self._filled,
+            self._filled, reason = _fill(sock, buffer, self._filled, self._filled + min(limit - self._filled,
                                                                                         most - moved))
             moved += self._filled - before
             # A paused client gets what it sent stored now, and holds no buffer while it pauses.
             ended = moved == most or reason not in (None, "due")
-            if self._filled == len(buffer) or ended:
+            if self._filled == limit or ended:
                 self._hand_out(final=ended)
             if reason == "quiet":
                 _give_back(self._buffers)
@@ -336,6 +338,14 @@ class _Reading(_Transfer):
 
     def flush(self) -> None:
         self._hand_out(final=True)
+
+    def _part_end(self, size: int, unread: int) -> int:
+        """Where the part being filled ends in a buffer of `size`. When the body ends within it, all
+        but its last FINAL_PART bytes go first: that part is on its way to the disk while the rest
+        arrives, and the consumer's last part (which the reply waits for) stays small."""
+        end = self._filled + unread
+        split = (end - FINAL_PART) // ALIGN * ALIGN
+        return split if end <= size and split > self._filled else size
 
     def _hand_out(self, final: bool) -> None:
         """Consume what the filling buffer holds; `final`: also wait until everything is consumed."""
