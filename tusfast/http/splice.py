@@ -149,7 +149,8 @@ async def read_body(sock_fd: int, count: int, consume: Consume, timeout: float,
                     cancelled: "asyncio.Future[None]", reporting: Reporting | None = None, phase: int = 0,
                     prefix: Sequence[Buffer] = (), overlap: bool = False) -> int:
     """Read exactly `count` body bytes into a buffer, handing it to `consume` whenever it is full
-    (and at the end); the bytes of `prefix` (already read by the transport) go first. Every part
+    (and at the end; in the body's last buffer also FINAL_PART before the end, so that the last
+    part, which the reply waits for, stays small); the bytes of `prefix` (already read by the transport) go first. Every part
     starts at an address congruent to (phase + its position) modulo ALIGN, and all but the first
     and last end on such a boundary: pass the file offset as phase to write parts with O_DIRECT.
     Progress reports count the bytes consumed, prefix included. Returns the bytes read from the
@@ -310,8 +311,8 @@ class _Reading(_Transfer):
         return self._consumed
 
     def step(self, sock: _Socket, most: int) -> int:
-        """Fill the buffer (the prefix first, then the socket), consuming it whenever it is full
-        and once the body is complete; returns the bytes that came from the socket."""
+        """Fill the buffer (the prefix first, then the socket), consuming it whenever a part is
+        complete (see _part_end) and once the body is; returns the bytes that came from the socket."""
         moved = 0
         while moved < most:
             buffer = self._filling()
